@@ -1,0 +1,270 @@
+"""The daemon: start → serve → stop, signals, draining and task supervision.
+
+Start order is probes listener → database → delivery workers → ingest
+listeners, and ``/readyz`` turns 200 only after the last of them is bound.
+Stop runs in reverse: readiness off and ingest closed first (new requests are
+refused, requests already inside finish their commit), then workers get the
+grace period for the request they have in flight, then the buffer commits
+what is queued and closes, and the probes listener goes last.
+
+Every background task has an owner: if the buffer's writer or a delivery
+worker dies unexpectedly, the daemon logs the exception and stops with a
+non-zero exit code rather than run on silently degraded — acknowledged events
+are safe in the buffer and the supervisor (systemd, Kubernetes) restarts us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from forwarder import __version__
+from forwarder.buffer import EventBuffer
+from forwarder.config import Settings
+from forwarder.delivery import DeliveryWorker
+from forwarder.errors import ForwarderError
+from forwarder.ids import IdGenerator
+from forwarder.ingest import IngestContext, build_ingest_app
+from forwarder.logs import get_logger, redactor
+from forwarder.metrics import ForwarderGauges, Metrics
+from forwarder.probes import ProbeState, build_probe_app
+
+log = get_logger("daemon")
+
+
+class StartupError(ForwarderError):
+    """The daemon could not start (a port in use, a socket path taken, ...)."""
+
+
+class Daemon:
+    """One running audit-forwarder. Constructing it does no I/O."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.buffer = EventBuffer(settings.buffer.path, synchronous=settings.buffer.synchronous)
+        self.workers: dict[str, DeliveryWorker] = {}
+        self.probes = ProbeState(self.metrics, ping_database=self.buffer.ping)
+        self.ingest = IngestContext(self.buffer, settings.ingest, self.metrics, IdGenerator())
+        self._ingest_runners: list[web.AppRunner] = []
+        self._probe_runner: web.AppRunner | None = None
+        self._stop_requested = asyncio.Event()
+        self._failure: str | None = None
+        self._signals = 0
+        self._started_at = 0.0
+        redactor.update(settings.secrets())
+
+    # -- start -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring everything up; raise StartupError (after cleaning up) on failure."""
+        self._started_at = time.monotonic()
+        try:
+            await self._start_probes()
+            await self.buffer.open(self.settings.forwarder_names())
+            self._supervise(self.buffer.writer_task, "buffer-writer")
+            self.metrics.attach_gauges(
+                ForwarderGauges(self.buffer_event_count, self.buffer.size_bytes, self._gauges)
+            )
+            for spec in self.settings.audit_log_forwarders:
+                worker = DeliveryWorker(spec, self.buffer, self.metrics)
+                await worker.start()
+                self.workers[worker.name] = worker
+                self._supervise(worker.task, f"deliver-{worker.name}")
+            addresses = await self._start_ingest()
+        except OSError as exc:
+            await self.stop()
+            raise StartupError(f"cannot start: {exc.strerror or exc}") from None
+        except BaseException:
+            await self.stop()
+            raise
+        self.probes.ready = True
+        self.probes.phase = "serving"
+        log.info(
+            "daemon_started",
+            version=__version__,
+            ingest=addresses,
+            metrics=self.metrics_addresses,
+            buffer=str(self.settings.buffer.path),
+            synchronous=self.settings.buffer.synchronous,
+            forwarders=[
+                {"name": w.name, "kind": w.spec.kind, "method": w.spec.method, "host": w.spec.host}
+                for w in self.workers.values()
+            ],
+        )
+
+    async def _start_probes(self) -> None:
+        runner = web.AppRunner(build_probe_app(self.probes), access_log=None)
+        await runner.setup()
+        self._probe_runner = runner
+        cfg = self.settings.metrics
+        await web.TCPSite(runner, cfg.host, cfg.port).start()
+
+    async def _start_ingest(self) -> list[str]:
+        cfg = self.settings.ingest
+        addresses: list[str] = []
+        if cfg.port is not None:
+            runner = await self._ingest_runner("http")
+            await web.TCPSite(runner, cfg.host, cfg.port).start()
+            addresses += [_format_address(a) for a in runner.addresses]
+        if cfg.unix_socket is not None:
+            path = cfg.unix_socket
+            _claim_socket_path(path)
+            runner = await self._ingest_runner("unix")
+            await web.UnixSite(runner, str(path)).start()
+            os.chmod(path, 0o660)
+            addresses.append(f"unix:{path}")
+        return addresses
+
+    async def _ingest_runner(self, transport: str) -> web.AppRunner:
+        runner = web.AppRunner(
+            build_ingest_app(self.ingest, transport),
+            access_log=None,
+            shutdown_timeout=self.settings.shutdown_grace_seconds,
+        )
+        await runner.setup()
+        self._ingest_runners.append(runner)
+        return runner
+
+    @property
+    def metrics_addresses(self) -> list[str]:
+        """Where the probes listener is bound."""
+        runner = self._probe_runner
+        return [_format_address(a) for a in runner.addresses] if runner else []
+
+    @property
+    def ingest_addresses(self) -> list[str]:
+        """Where the ingest listeners are bound."""
+        return [_format_address(a) for r in self._ingest_runners for a in r.addresses]
+
+    def _supervise(self, task: asyncio.Task[Any] | None, name: str) -> None:
+        if task is None:
+            return
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            if finished.cancelled() or self._stop_requested.is_set():
+                return
+            # Supervised tasks only end by themselves when the daemon stops.
+            exc = finished.exception()
+            self._failure = f"{name} stopped unexpectedly"
+            log.error("task_failed", task=name, exc_info=exc)
+            self._stop_requested.set()
+
+        task.add_done_callback(done)
+
+    # -- state for metrics -----------------------------------------------------
+
+    def buffer_event_count(self) -> int:
+        """Events held in the buffer."""
+        return self.buffer.event_count
+
+    def _gauges(self) -> list[tuple[str, int, float]]:
+        return [(w.name, w.status.pending, w.oldest_pending_age()) for w in self.workers.values()]
+
+    # -- serve and stop --------------------------------------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Ask the daemon to drain and exit (signal handlers call this)."""
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("forced_exit", reason=reason)
+            os._exit(1)
+        log.info("shutdown_requested", reason=reason)
+        self._stop_requested.set()
+
+    async def serve(self) -> int:
+        """Start, wait for a signal or a failure, stop; return the exit code."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
+        try:
+            await self.start()
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        return 1 if self._failure else 0
+
+    async def stop(self) -> None:
+        """Drain and close everything that was started. Safe to call twice."""
+        self._stop_requested.set()
+        self.probes.ready = False
+        self.probes.phase = "stopping"
+        self.ingest.accepting = False
+        for runner in self._ingest_runners:
+            await runner.cleanup()
+        self._ingest_runners.clear()
+        if self.settings.ingest.unix_socket is not None:
+            with contextlib.suppress(OSError):
+                _remove_socket(self.settings.ingest.unix_socket)
+        unfinished = 0
+        grace = self.settings.shutdown_grace_seconds
+        results = await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
+        unfinished = sum(1 for finished in results if not finished)
+        if unfinished:
+            log.warning("deliveries_cancelled", workers=unfinished, grace_seconds=grace)
+        pending = {w.name: w.status.pending for w in self.workers.values()}
+        await self.buffer.close()
+        if self._probe_runner is not None:
+            await self._probe_runner.cleanup()
+            self._probe_runner = None
+        if self._started_at:
+            log.info(
+                "daemon_stopped",
+                uptime_seconds=round(time.monotonic() - self._started_at, 3),
+                received=_total(self.metrics.events_received),
+                delivered=_total(self.metrics.events_delivered),
+                dead_lettered=_total(self.metrics.events_dead_lettered),
+                pending=pending,
+                failure=self._failure,
+            )
+            self._started_at = 0.0
+
+
+def _total(counter: Any) -> int:
+    total = 0.0
+    for metric in counter.collect():
+        total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+    return int(total)
+
+
+def _format_address(address: Any) -> str:
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"unix:{address}"
+
+
+def _claim_socket_path(path: Path) -> None:
+    """Remove a stale socket file left by a crash; refuse if a daemon answers on it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise StartupError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise StartupError(f"{path} is in use by another process")
+
+
+def _remove_socket(path: Path) -> None:
+    if stat.S_ISSOCK(path.stat().st_mode):
+        path.unlink()

@@ -1,0 +1,552 @@
+"""The durable write-ahead buffer: SQLite in WAL mode, one writer, group commit.
+
+Design:
+
+* **Stored once, fanned out by cursor.** Each event is one row of ``events``
+  keyed by ``seq`` (ingest order). Each forwarder owns one row of
+  ``forwarders`` holding its cursor: the highest ``seq`` it has delivered or
+  dead-lettered. An event is pending for a forwarder while ``seq > cursor``;
+  rows at or below the smallest cursor are deleted in ranges by primary key.
+  N forwarders cost N cursor updates per batch, not N copies of each body,
+  and a slow forwarder only delays the cleanup, never the others' delivery.
+* **One writer task, group commit.** Every write (event appends, cursor acks,
+  dead letters, registrations) is queued to a single task that drains the
+  queue and commits everything it found in *one* transaction. Concurrent
+  ingest requests therefore share a transaction (and, with
+  ``synchronous=full``, one fsync), and ``seq`` can be assigned in memory
+  because nothing else writes. An append's future resolves only after the
+  commit, which is when ingest acknowledges.
+* **Reads off the writer.** Delivery reads on a second, read-only connection
+  (WAL readers never block the writer). Recently committed events are also
+  kept in a bounded in-memory tail, so forwarders that keep up never touch
+  the disk to read what was just written.
+* **Duplicates.** Client-supplied ids are remembered in ``client_ids`` for
+  ``dedup_window_seconds`` (beyond the event's own life in the buffer), so a
+  client retrying an acknowledged request within that window is not
+  delivered twice. Generated ids cannot collide and are not indexed.
+* **Replays** of dead letters are new rows with ``only_forwarder`` set: they
+  go through the same ordered path without rewinding anyone's cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import aiosqlite
+
+from forwarder.errors import BufferUnavailableError
+from forwarder.logs import get_logger
+from forwarder.schema import migrate
+
+log = get_logger("buffer")
+
+PURGE_CHUNK_ROWS = 50_000
+PURGE_INTERVAL_SECONDS = 1.0
+VACUUM_INTERVAL_SECONDS = 10.0
+MAX_GROUP_OPS = 4096
+_IN_CHUNK = 500  # stays below SQLite's bound-parameter limit
+
+
+@dataclass(slots=True)
+class EventRecord:
+    """An event parsed by ingest, ready to be appended."""
+
+    event_id: str
+    event_type: str | None
+    body: bytes
+    client_supplied_id: bool
+    only_forwarder: str | None = None
+
+
+class StoredEvent(NamedTuple):
+    """A committed event as delivery reads it."""
+
+    seq: int
+    event_id: str
+    event_type: str | None
+    received_at: float
+    only_forwarder: str | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What happened to one append: events accepted, and how many were duplicates."""
+
+    accepted: int
+    duplicates: int
+
+
+@dataclass(slots=True)
+class _Append:
+    records: Sequence[EventRecord]
+    future: asyncio.Future[AppendResult]
+
+
+@dataclass(slots=True)
+class _Statements:
+    statements: list[tuple[str, Sequence[Sequence[Any]]]]
+    acks: dict[str, int]
+    future: asyncio.Future[None] | None
+
+
+@dataclass(slots=True)
+class _Register:
+    names: list[str]
+    future: asyncio.Future[None]
+
+
+_Op = _Append | _Statements | _Register
+AppendListener = Callable[[Sequence[StoredEvent]], None]
+
+
+@dataclass
+class _Group:
+    """The ops of one transaction and what they will change once committed."""
+
+    ops: list[_Op]
+    stored: list[StoredEvent] = field(default_factory=list)
+    results: list[AppendResult] = field(default_factory=list)
+    acks: dict[str, int] = field(default_factory=dict)
+    registered: dict[str, int] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+    purged_upto: int | None = None
+    purged_rows: int = 0
+
+
+class EventBuffer:
+    """The SQLite buffer. Constructing it does no I/O; call :meth:`open`."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Literal["normal", "full"] = "normal",
+        dedup_window_seconds: float = 3600.0,
+        recent_capacity: int = 20_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._dedup_window = dedup_window_seconds
+        self._recent_capacity = recent_capacity
+        self._clock = clock
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._next_seq = 0
+        self._purged_upto = 0
+        self._cursors: dict[str, int] = {}
+        self._event_count = 0
+        self._recent: list[StoredEvent] = []
+        self._listeners: list[AppendListener] = []
+        self._changed = asyncio.Event()
+        self._last_purge = 0.0
+        self._last_vacuum = 0.0
+        self._last_dedup_purge = 0.0
+        self._vacuum_wanted = True
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self, forwarder_names: Iterable[str]) -> None:
+        """Open (creating and migrating if needed) and register the forwarders."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        previous = await asyncio.to_thread(self._migrate)
+        if previous != 0:
+            log.info("buffer_opened", path=str(self.path), schema_from=previous)
+        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._writer.execute("PRAGMA journal_mode = WAL")
+        await self._writer.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
+        await self._writer.execute("PRAGMA busy_timeout = 5000")
+        await self._writer.execute("PRAGMA cache_size = -8000")
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._reader.execute("PRAGMA query_only = 1")
+        await self._reader.execute("PRAGMA cache_size = -8000")
+        await self._load_state()
+        self._accepting = True
+        self._writer_task = asyncio.create_task(self._write_loop(), name="buffer-writer")
+        await self.register_forwarders(forwarder_names)
+
+    def _migrate(self) -> int:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            return migrate(conn)
+        finally:
+            conn.close()
+
+    async def _load_state(self) -> None:
+        assert self._writer is not None
+        rows = await self._writer.execute_fetchall(
+            "SELECT (SELECT value FROM meta WHERE key = 'high_water_seq'),"
+            " (SELECT max(seq) FROM events), (SELECT min(seq) FROM events),"
+            " (SELECT count(*) FROM events)"
+        )
+        high_water, max_seq, min_seq, count = next(iter(rows))
+        self._next_seq = max(high_water or 0, max_seq or 0)
+        self._purged_upto = (min_seq - 1) if min_seq is not None else self._next_seq
+        self._event_count = int(count)
+        cursors = await self._writer.execute_fetchall("SELECT name, cursor FROM forwarders")
+        self._cursors = {str(name): int(cursor) for name, cursor in cursors}
+
+    async def close(self) -> None:
+        """Commit what is queued, stop the writer, checkpoint and close. Idempotent."""
+        self._accepting = False
+        if self._writer_task is not None:
+            if not self._writer_task.done():
+                self._queue.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await self._writer_task
+            self._writer_task = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        if self._writer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self._writer.close()
+            self._writer = None
+
+    @property
+    def writer_task(self) -> asyncio.Task[None] | None:
+        """The writer task, for the daemon to supervise."""
+        return self._writer_task
+
+    # -- state read by delivery and metrics ------------------------------------
+
+    @property
+    def head_seq(self) -> int:
+        """The highest committed seq."""
+        return self._next_seq
+
+    @property
+    def event_count(self) -> int:
+        """Rows in ``events`` (kept in memory: no count(*) per scrape)."""
+        return self._event_count
+
+    def cursor(self, forwarder: str) -> int:
+        """The committed cursor of ``forwarder``."""
+        return self._cursors[forwarder]
+
+    def size_bytes(self) -> int:
+        """Bytes on disk: the database file plus its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    def add_listener(self, listener: AppendListener) -> None:
+        """Call ``listener(stored_events)`` after every commit that appended events."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: AppendListener) -> None:
+        """Stop calling ``listener``."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Return once an event with a seq above ``seq`` has been committed."""
+        while self._next_seq <= seq:
+            changed = self._changed
+            await changed.wait()
+
+    async def ping(self) -> None:
+        """Run a trivial query on the read connection (health check)."""
+        if self._reader is None:
+            raise BufferUnavailableError("closed", "the buffer is closed")
+        await self._reader.execute_fetchall("SELECT 1")
+
+    # -- writes ----------------------------------------------------------------
+
+    def _submit(self, op: _Op) -> None:
+        if not self._accepting:
+            raise BufferUnavailableError("shutting_down", "the buffer is not accepting writes")
+        self._queue.put_nowait(op)
+
+    async def append(self, records: Sequence[EventRecord]) -> AppendResult:
+        """Store ``records`` atomically; return once they are committed."""
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._submit(_Append(records, future))
+        return await future
+
+    def ack(self, forwarder: str, seq: int) -> None:
+        """Advance ``forwarder``'s cursor to ``seq`` in the next group commit.
+
+        Not awaited: an ack lost in a crash only means the batch is delivered
+        again (at-least-once), and the next ack covers it.
+        """
+        self._submit(_Statements([], {forwarder: seq}, None))
+
+    async def execute(
+        self,
+        statements: list[tuple[str, Sequence[Sequence[Any]]]],
+        acks: dict[str, int] | None = None,
+    ) -> None:
+        """Run ``executemany`` statements (and cursor acks) in the next group commit."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submit(_Statements(statements, acks or {}, future))
+        await future
+
+    async def register_forwarders(self, names: Iterable[str]) -> None:
+        """Make ``names`` the set of forwarders; a new one starts at the head.
+
+        A removed forwarder's cursor is deleted, so it no longer holds back
+        the cleanup of delivered events.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submit(_Register(list(names), future))
+        await future
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                first = await asyncio.wait_for(self._queue.get(), PURGE_INTERVAL_SECONDS)
+            except TimeoutError:
+                if self._maintenance_due():
+                    await self._commit_group(_Group([]))
+                continue
+            if first is None:
+                break
+            ops: list[_Op] = [first]
+            while len(ops) < MAX_GROUP_OPS and not self._queue.empty():
+                op = self._queue.get_nowait()
+                if op is None:
+                    stopping = True
+                    break
+                ops.append(op)
+            await self._commit_group(_Group(ops))
+
+    def _maintenance_due(self) -> bool:
+        """Whether an idle writer has delivered events to delete or pages to free."""
+        floor = min(self._cursors.values(), default=self._next_seq)
+        return floor > self._purged_upto or (
+            self._clock() - self._last_vacuum >= VACUUM_INTERVAL_SECONDS
+            and self._event_count == 0
+            and self._vacuum_wanted
+        )
+
+    async def _commit_group(self, group: _Group) -> None:
+        conn = self._writer
+        assert conn is not None
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._write_group(conn, group)
+                await conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self._fail_group(group, exc)
+            return
+        except BaseException as exc:
+            self._fail_group(group, exc)
+            raise
+        self._apply_group(group)
+
+    async def _write_group(self, conn: aiosqlite.Connection, group: _Group) -> None:
+        now = self._clock()
+        for op in group.ops:
+            if isinstance(op, _Register):
+                await self._write_registration(conn, op, group, now)
+        appends = [op for op in group.ops if isinstance(op, _Append)]
+        if appends:
+            await self._write_appends(conn, appends, group, now)
+        for op in group.ops:
+            if isinstance(op, _Statements):
+                for sql, rows in op.statements:
+                    await conn.executemany(sql, rows)
+                for name, seq in op.acks.items():
+                    group.acks[name] = max(seq, group.acks.get(name, seq))
+        if group.acks:
+            await conn.executemany(
+                "UPDATE forwarders SET cursor = ? WHERE name = ? AND cursor < ?",
+                [(seq, name, seq) for name, seq in group.acks.items()],
+            )
+        await self._maintain(conn, group, now)
+
+    async def _write_registration(
+        self, conn: aiosqlite.Connection, op: _Register, group: _Group, now: float
+    ) -> None:
+        wanted = set(op.names)
+        known = set(self._cursors) - group.removed
+        group.removed |= known - wanted
+        for name in sorted(wanted - known):
+            group.registered[name] = self._next_seq
+        if group.removed:
+            await conn.executemany(
+                "DELETE FROM forwarders WHERE name = ?", [(n,) for n in group.removed]
+            )
+        await conn.executemany(
+            "INSERT OR REPLACE INTO forwarders (name, cursor, created_at) VALUES (?, ?, ?)",
+            [(name, seq, now) for name, seq in group.registered.items()],
+        )
+
+    async def _write_appends(
+        self, conn: aiosqlite.Connection, appends: list[_Append], group: _Group, now: float
+    ) -> None:
+        known = await self._known_client_ids(conn, appends)
+        client_rows: list[tuple[str, float]] = []
+        seq = self._next_seq
+        for op in appends:
+            stored = 0
+            for record in op.records:
+                if record.client_supplied_id:
+                    if record.event_id in known:
+                        continue
+                    known.add(record.event_id)
+                    client_rows.append((record.event_id, now))
+                seq += 1
+                group.stored.append(
+                    StoredEvent(
+                        seq,
+                        record.event_id,
+                        record.event_type,
+                        now,
+                        record.only_forwarder,
+                        record.body,
+                    )
+                )
+                stored += 1
+            group.results.append(AppendResult(len(op.records), len(op.records) - stored))
+        if group.stored:
+            await conn.executemany(
+                "INSERT INTO events (seq, event_id, event_type, received_at, only_forwarder, body)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                group.stored,
+            )
+            await conn.execute("UPDATE meta SET value = ? WHERE key = 'high_water_seq'", (seq,))
+        if client_rows:
+            await conn.executemany(
+                "INSERT INTO client_ids (event_id, received_at) VALUES (?, ?)", client_rows
+            )
+
+    async def _known_client_ids(
+        self, conn: aiosqlite.Connection, appends: list[_Append]
+    ) -> set[str]:
+        wanted = list({r.event_id for op in appends for r in op.records if r.client_supplied_id})
+        known: set[str] = set()
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = await conn.execute_fetchall(
+                f"SELECT event_id FROM client_ids WHERE event_id IN ({marks})", chunk
+            )
+            known.update(str(row[0]) for row in rows)
+        return known
+
+    async def _maintain(self, conn: aiosqlite.Connection, group: _Group, now: float) -> None:
+        """Delete delivered events, expired dedup ids, and hand free pages back."""
+        cursors = {n: c for n, c in self._cursors.items() if n not in group.removed}
+        cursors.update(group.registered)
+        for name, seq in group.acks.items():
+            if name in cursors:
+                cursors[name] = max(cursors[name], seq)
+        floor = min(cursors.values(), default=self._next_seq)
+        due = now - self._last_purge >= PURGE_INTERVAL_SECONDS
+        if floor > self._purged_upto and (due or floor - self._purged_upto >= PURGE_CHUNK_ROWS):
+            upto = min(floor, self._purged_upto + PURGE_CHUNK_ROWS)
+            cursor = await conn.execute(
+                "DELETE FROM events WHERE seq > ? AND seq <= ?", (self._purged_upto, upto)
+            )
+            group.purged_upto, group.purged_rows = upto, max(cursor.rowcount, 0)
+            self._last_purge = now
+        if now - self._last_dedup_purge >= 60.0:
+            await conn.execute(
+                "DELETE FROM client_ids WHERE received_at < ?", (now - self._dedup_window,)
+            )
+            self._last_dedup_purge = now
+        if now - self._last_vacuum >= VACUUM_INTERVAL_SECONDS:
+            self._last_vacuum = now
+            rows = await conn.execute_fetchall("PRAGMA freelist_count")
+            free_pages = int(next(iter(rows))[0])
+            self._vacuum_wanted = free_pages >= 1024
+            if self._vacuum_wanted:
+                await conn.execute_fetchall(f"PRAGMA incremental_vacuum({free_pages})")
+
+    def _fail_group(self, group: _Group, exc: BaseException) -> None:
+        full = isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
+        error = BufferUnavailableError(
+            "buffer_full" if full else "storage_error",
+            "the buffer's disk is full" if full else "the buffer could not commit",
+            retry_after_seconds=5,
+        )
+        log.error("buffer_commit_failed", error=str(exc), ops=len(group.ops))
+        for op in group.ops:
+            future = op.future
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+    def _apply_group(self, group: _Group) -> None:
+        for name in group.removed:
+            self._cursors.pop(name, None)
+        self._cursors.update(group.registered)
+        for name, seq in group.acks.items():
+            if name in self._cursors:
+                self._cursors[name] = max(self._cursors[name], seq)
+        if group.purged_upto is not None:
+            self._purged_upto = group.purged_upto
+            self._event_count -= group.purged_rows
+        if group.stored:
+            self._next_seq = group.stored[-1].seq
+            self._event_count += len(group.stored)
+            self._remember(group.stored)
+            for listener in list(self._listeners):
+                listener(group.stored)
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+        results = iter(group.results)
+        for op in group.ops:
+            if isinstance(op, _Append):
+                op.future.set_result(next(results))
+            elif op.future is not None and not op.future.done():
+                op.future.set_result(None)
+
+    # -- reads -----------------------------------------------------------------
+
+    def _remember(self, stored: list[StoredEvent]) -> None:
+        self._recent.extend(stored)
+        if len(self._recent) > 2 * self._recent_capacity:
+            del self._recent[: len(self._recent) - self._recent_capacity]
+
+    async def read_after(self, forwarder: str, after_seq: int, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` events for ``forwarder`` with seq above ``after_seq``, in order."""
+        recent = self._recent
+        if recent and recent[0].seq <= after_seq + 1:
+            start = after_seq + 1 - recent[0].seq
+            picked: list[StoredEvent] = []
+            for event in recent[start:]:
+                if event.only_forwarder is None or event.only_forwarder == forwarder:
+                    picked.append(event)
+                    if len(picked) >= limit:
+                        break
+            return picked
+        if self._reader is None:
+            raise BufferUnavailableError("closed", "the buffer is closed")
+        rows = await self._reader.execute_fetchall(
+            "SELECT seq, event_id, event_type, received_at, only_forwarder, body FROM events"
+            " WHERE seq > ? AND (only_forwarder IS NULL OR only_forwarder = ?)"
+            " ORDER BY seq LIMIT ?",
+            (after_seq, forwarder, limit),
+        )
+        return [StoredEvent(*row) for row in rows]
+
+    async def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query on the read connection (admin API, startup counts)."""
+        if self._reader is None:
+            raise BufferUnavailableError("closed", "the buffer is closed")
+        rows = await self._reader.execute_fetchall(sql, parameters)
+        return [tuple(row) for row in rows]

@@ -1,0 +1,393 @@
+"""Configuration: pydantic models for the YAML file, environment overrides, and loading.
+
+Design decisions:
+
+* Keys are camelCase in YAML (Chainloop's ``auditLogForwarders`` shape) and
+  snake_case in Python; every model forbids unknown keys, because a typo that
+  is silently ignored (``tokne:``) is an outage found weeks later.
+* Environment variables override the file through pydantic-settings, prefix
+  ``AUDIT_FORWARDER_`` and ``__`` for nesting. pydantic-settings yields
+  snake_case keys from the environment, which would collide with the camelCase
+  keys of the file during its deep merge, so the environment source camelizes
+  its keys first (``AUDIT_FORWARDER_INGEST__MAX_REQUEST_BYTES`` →
+  ``ingest.maxRequestBytes``).
+* ``${VAR}`` (and ``${VAR:-default}``) in string values of the file is expanded
+  before validation; a missing variable is an error with its YAML path.
+* ``load_config`` raises :class:`ConfigError` listing *every* problem with its
+  YAML path (``auditLogForwarders[1].method: must be one of POST, PUT, PATCH``);
+  it never exits the process — only ``cli.py`` decides that.
+* Secrets are ``SecretStr``; ``tokenFile`` is read here, so the rest of the
+  daemon only ever sees a resolved token.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from forwarder.errors import ConfigError, ConfigProblem
+
+ENV_PREFIX = "AUDIT_FORWARDER_"
+# 0 asks the kernel for a free port; the bound address is logged at startup.
+Port = Annotated[int, Field(ge=0, le=65535)]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Model(BaseModel):
+    """Base for every section: camelCase aliases, unknown keys rejected, immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class IngestConfig(_Model):
+    """The local listeners applications send events to."""
+
+    host: str = "127.0.0.1"
+    port: Port | None = 8686
+    unix_socket: Path | None = None
+    token: SecretStr | None = None
+    max_request_bytes: PositiveInt = 10 * 1024 * 1024
+    max_event_bytes: PositiveInt = 1024 * 1024
+
+    @model_validator(mode="after")
+    def _some_listener(self) -> IngestConfig:
+        if self.port is None and self.unix_socket is None:
+            raise ValueError("at least one of port and unixSocket must be set")
+        if self.max_event_bytes > self.max_request_bytes:
+            raise ValueError("maxEventBytes must not exceed maxRequestBytes")
+        return self
+
+
+class BufferConfig(_Model):
+    """The SQLite write-ahead buffer."""
+
+    path: Path = Path("./data/buffer.db")
+    synchronous: Literal["normal", "full"] = "normal"
+
+    @field_validator("synchronous", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class MetricsConfig(_Model):
+    """The listener for /metrics, /healthz and /readyz."""
+
+    host: str = "0.0.0.0"
+    port: Port = 9464
+
+
+class LoggingConfig(_Model):
+    """Log level and rendering."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class RetryConfig(_Model):
+    """Backoff between delivery attempts: exponential with full jitter."""
+
+    initial_backoff_seconds: PositiveFloat = 1.0
+    max_backoff_seconds: PositiveFloat = 300.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetryConfig:
+        if self.max_backoff_seconds < self.initial_backoff_seconds:
+            raise ValueError("maxBackoffSeconds must be >= initialBackoffSeconds")
+        return self
+
+
+class WebhookForwarderConfig(_Model):
+    """One entry of ``auditLogForwarders``: Chainloop's shape plus our options."""
+
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    kind: Literal["webhook"]
+    uri: str
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    timeout_seconds: PositiveFloat = 5.0
+    retry: RetryConfig = RetryConfig()
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("uri")
+    @classmethod
+    def _absolute_http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"invalid port: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> WebhookForwarderConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or tokenFile, not both")
+        return self
+
+    @property
+    def host(self) -> str:
+        """The receiver's host (and port if explicit): safe to log and show."""
+        return urlsplit(self.uri).netloc.rpartition("@")[2]
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one daemon."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    ingest: IngestConfig = IngestConfig()
+    buffer: BufferConfig = BufferConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    shutdown_grace_seconds: PositiveFloat = 10.0
+    audit_log_forwarders: list[WebhookForwarderConfig] = Field(min_length=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file (init kwargs), as operators expect.
+        return (_CamelEnvSource(settings_cls), init_settings)
+
+    @model_validator(mode="after")
+    def _names(self) -> Settings:
+        seen: set[str] = set()
+        for index, spec in enumerate(self.audit_log_forwarders):
+            if spec.name is None:
+                object.__setattr__(spec, "name", f"{spec.kind}-{index}")
+            if spec.name in seen:
+                raise ValueError(f"forwarder name {spec.name!r} is used twice")
+            seen.add(str(spec.name))
+        return self
+
+    def forwarder_names(self) -> list[str]:
+        """Names of the configured forwarders, in configuration order."""
+        return [str(spec.name) for spec in self.audit_log_forwarders]
+
+    def secrets(self) -> list[str]:
+        """Every secret value of this configuration, for log redaction."""
+        values = [spec.token for spec in self.audit_log_forwarders] + [self.ingest.token]
+        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+
+def _camelize(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            (to_camel(key) if isinstance(key, str) and "_" in key else key): _camelize(item)
+            for key, item in value.items()
+        }
+    return value
+
+
+class _CamelEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source with keys matching the file's camelCase."""
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_camelize(super().__call__()))
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, path: str, problems: list[ConfigProblem]) -> Any:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` in every string of a YAML tree."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is not None:
+                return found
+            if default is not None:
+                return default
+            problems.append(ConfigProblem(path, f"environment variable {name} is not set"))
+            return ""
+
+        return _VAR.sub(substitute, value)
+    if isinstance(value, dict):
+        return {
+            key: expand_env(item, _join(path, str(key)), problems) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [expand_env(item, f"{path}[{index}]", problems) for index, item in enumerate(value)]
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def format_location(location: tuple[int | str, ...]) -> str:
+    """Render a pydantic error location as a YAML path: ``a.b[1].c``."""
+    path = ""
+    for part in location:
+        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, str(part))
+    return path
+
+
+def _model_at(location: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that holds the key at ``location`` (for did-you-mean hints)."""
+    model: type[BaseModel] = Settings
+    for part in location[:-1]:
+        if isinstance(part, int):
+            continue
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        if field is None:
+            return None
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", (annotation,))
+        candidates = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            return None
+        model = candidates[0]
+    return model
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    location = error["loc"]
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        model = _model_at(location)
+        hint = ""
+        if model is not None:
+            known = [f.alias or name for name, f in model.model_fields.items()]
+            close = difflib.get_close_matches(str(location[-1]), known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (known keys: {', '.join(known)})"
+        return f"unknown key{hint}"
+    if kind == "literal_error" and location and location[-1] == "kind":
+        return f"unsupported kind {error['input']!r}: the only kind is webhook"
+    if kind == "literal_error":
+        expected = str(error["ctx"]["expected"]).replace("'", "").replace(" or ", ", ")
+        return f"must be one of {expected}"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message[:1].lower() + message[1:]
+
+
+def problems_from(exc: ValidationError) -> list[ConfigProblem]:
+    """Translate a pydantic ValidationError into YAML-path problems."""
+    return [
+        ConfigProblem(format_location(tuple(error["loc"])), _message(error))
+        for error in exc.errors(include_url=False)
+    ]
+
+
+def parse_config(document: Any) -> Settings:
+    """Validate an already-parsed YAML document (plus the environment) into Settings."""
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError([ConfigProblem("", "the configuration must be a YAML mapping")])
+    problems: list[ConfigProblem] = []
+    expanded = expand_env(document, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        settings = Settings(**expanded)
+    except ValidationError as exc:
+        raise ConfigError(problems_from(exc)) from None
+    return _resolve_token_files(settings)
+
+
+def _resolve_token_files(settings: Settings) -> Settings:
+    problems: list[ConfigProblem] = []
+    for index, spec in enumerate(settings.audit_log_forwarders):
+        if spec.token_file is None:
+            continue
+        try:
+            token = spec.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(
+                ConfigProblem(
+                    f"auditLogForwarders[{index}].tokenFile",
+                    f"cannot read {spec.token_file}: {getattr(exc, 'strerror', None) or exc}",
+                )
+            )
+            continue
+        if not token:
+            problems.append(
+                ConfigProblem(f"auditLogForwarders[{index}].tokenFile", "the file is empty")
+            )
+            continue
+        object.__setattr__(spec, "token", SecretStr(token))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def load_config(path: str | Path) -> Settings:
+    """Read, expand and validate a YAML configuration file; raise ConfigError."""
+    config_path = Path(path)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError([ConfigProblem("", f"cannot read {config_path}: {reason}")]) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            [ConfigProblem("", f"{config_path} is not valid YAML{where}: {problem}")]
+        ) from None
+    return parse_config(document)

@@ -1,0 +1,103 @@
+"""The exception tree of audit-forwarder, rooted in one class and split by phase.
+
+Every error carries the data a caller needs to act on it (a status code, a
+``Retry-After`` delay, the list of configuration problems) instead of a message
+that has to be parsed. aiohttp's own exceptions are translated into these in
+exactly one place (``delivery.py``), so the rest of the code handles our errors
+only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ForwarderError(Exception):
+    """Root of every error raised on purpose by audit-forwarder."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem found in a configuration, located by its YAML path."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(ForwarderError):
+    """The configuration cannot be used; ``problems`` lists every reason found."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(problem) for problem in problems))
+
+
+class IngestError(ForwarderError):
+    """A request to the ingest API was refused; ``status`` is the HTTP answer.
+
+    ``reason`` is the stable label counted in the rejection metric.
+    """
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.message = message
+        super().__init__(message)
+
+
+class BufferUnavailableError(ForwarderError):
+    """The buffer cannot take events now (shutting down, full, disk error).
+
+    Ingest answers 503 with ``Retry-After: retry_after_seconds``.
+    """
+
+    def __init__(self, reason: str, message: str, retry_after_seconds: int = 1) -> None:
+        self.reason = reason
+        self.message = message
+        self.retry_after_seconds = retry_after_seconds
+        super().__init__(message)
+
+
+class DeliveryError(ForwarderError):
+    """A delivery attempt did not succeed.
+
+    ``code`` is the HTTP status as a string, or ``timeout`` /
+    ``connection_error`` / ``invalid_response`` when there was no usable
+    answer; it is the ``code`` label of the attempt metrics. ``body`` is the
+    response body (truncated) when there was one.
+    """
+
+    def __init__(
+        self, code: str, message: str, *, status: int | None = None, body: bytes = b""
+    ) -> None:
+        self.code = code
+        self.status = status
+        self.message = message
+        self.body = body
+        super().__init__(message)
+
+
+class RetryableDeliveryError(DeliveryError):
+    """The attempt may succeed later: connection errors, timeouts, 408, 429, 5xx.
+
+    ``retry_after`` is the delay the receiver asked for, in seconds, if any.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        body: bytes = b"",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(code, message, status=status, body=body)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Sending the same request again cannot succeed (other 4xx): dead-letter it."""

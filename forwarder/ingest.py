@@ -1,0 +1,199 @@
+"""The ingest API: ``POST /v1/events`` on loopback TCP and/or a Unix socket.
+
+A request is parsed completely before anything is stored, so it is
+all-or-nothing: one bad event refuses the whole request and stores none of
+it. Each event is kept as the bytes the client sent (a single JSON object or
+an NDJSON line, trimmed of surrounding whitespace) and only re-serialised when
+it arrived inside a JSON array, so delivery can build request bodies by
+joining stored bytes. The answer ``202`` is sent only after the buffer's
+group commit holding the events has completed.
+
+Every error answer is JSON, ``{"error": <reason>, "message": <text>}``, where
+``reason`` is the label counted in ``audit_forwarder_events_rejected_total``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from forwarder.buffer import EventBuffer, EventRecord
+from forwarder.config import IngestConfig
+from forwarder.errors import BufferUnavailableError, IngestError
+from forwarder.ids import IdGenerator
+from forwarder.metrics import Metrics
+
+JSON_TYPES = frozenset({"application/json"})
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
+MAX_ID_LENGTH = 256
+
+
+@dataclass
+class IngestContext:
+    """What the ingest handlers share: the buffer, limits, metrics, readiness."""
+
+    buffer: EventBuffer
+    config: IngestConfig
+    metrics: Metrics
+    ids: IdGenerator
+    accepting: bool = True
+
+
+CONTEXT_KEY = web.AppKey("ingest_context", IngestContext)
+TRANSPORT_KEY = web.AppKey("transport", str)
+
+
+def error_response(status: int, reason: str, message: str, **headers: str) -> web.Response:
+    """A JSON error answer."""
+    return web.json_response(
+        {"error": reason, "message": message}, status=status, headers=headers or None
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer aiohttp's own HTTP errors (404, 405, 413) as JSON like ours."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = exc.reason.lower().replace(" ", "_")
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return error_response(exc.status, reason, exc.reason, **headers)
+
+
+def check_token(request: web.Request, expected: str | None) -> None:
+    """Raise 401 unless the request carries ``Authorization: Bearer <expected>``."""
+    if expected is None:
+        return
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        presented.strip().encode(), expected.encode()
+    ):
+        raise IngestError(401, "unauthorized", "missing or wrong ingest token")
+
+
+def _event_record(
+    event: Any, raw: bytes | None, where: str, ids: IdGenerator, max_event_bytes: int
+) -> EventRecord:
+    if not isinstance(event, dict):
+        raise IngestError(400, "malformed", f"{where}an event must be a JSON object")
+    body = raw if raw is not None else orjson.dumps(event)
+    if len(body) > max_event_bytes:
+        raise IngestError(
+            413, "too_large", f"{where}event of {len(body)} bytes exceeds {max_event_bytes}"
+        )
+    event_id = event.get("id")
+    if event_id is None:
+        return EventRecord(ids.new(), _event_type(event), body, False)
+    if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
+        raise IngestError(
+            400, "malformed", f"{where}id must be a non-empty string of at most 256 characters"
+        )
+    return EventRecord(event_id, _event_type(event), body, True)
+
+
+def _event_type(event: dict[str, Any]) -> str | None:
+    value = event.get("event_type", event.get("type"))
+    return value if isinstance(value, str) else None
+
+
+def parse_json(body: bytes, ids: IdGenerator, max_event_bytes: int) -> list[EventRecord]:
+    """Parse an ``application/json`` body: one object or an array of objects."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise IngestError(400, "malformed", f"malformed JSON: {exc}") from None
+    if isinstance(document, list):
+        return [
+            _event_record(event, None, f"event {index}: ", ids, max_event_bytes)
+            for index, event in enumerate(document)
+        ]
+    return [_event_record(document, body.strip(), "", ids, max_event_bytes)]
+
+
+def parse_ndjson(body: bytes, ids: IdGenerator, max_event_bytes: int) -> list[EventRecord]:
+    """Parse an ``application/x-ndjson`` body: one object per line, blank lines skipped."""
+    records: list[EventRecord] = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise IngestError(400, "malformed", f"line {number}: malformed JSON: {exc}") from None
+        records.append(_event_record(event, line, f"line {number}: ", ids, max_event_bytes))
+    return records
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """Read the body, refusing anything over ``limit`` bytes before reading it all."""
+    if request.content_length is not None and request.content_length > limit:
+        raise IngestError(413, "too_large", f"request body exceeds {limit} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise IngestError(413, "too_large", f"request body exceeds {limit} bytes") from None
+
+
+async def post_events(request: web.Request) -> web.Response:
+    """``POST /v1/events``: validate, store durably, then answer 202."""
+    context = request.app[CONTEXT_KEY]
+    rejected = context.metrics.events_rejected
+    try:
+        if not context.accepting:
+            raise BufferUnavailableError("shutting_down", "the forwarder is shutting down")
+        token = context.config.token
+        check_token(request, token.get_secret_value() if token is not None else None)
+        content_type = request.content_type
+        if content_type in JSON_TYPES:
+            parse = parse_json
+        elif content_type in NDJSON_TYPES:
+            parse = parse_ndjson
+        else:
+            raise IngestError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type {content_type!r} is not supported: "
+                "use application/json or application/x-ndjson",
+            )
+        body = await read_body(request, context.config.max_request_bytes)
+        records = parse(body, context.ids, context.config.max_event_bytes)
+        if not records:
+            raise IngestError(400, "malformed", "the request holds no events")
+        result = await context.buffer.append(records)
+    except IngestError as exc:
+        rejected.labels(reason=exc.reason).inc()
+        return error_response(exc.status, exc.reason, exc.message)
+    except BufferUnavailableError as exc:
+        rejected.labels(reason=exc.reason).inc()
+        return error_response(
+            503, exc.reason, exc.message, **{"Retry-After": str(exc.retry_after_seconds)}
+        )
+    context.metrics.events_received.labels(transport=request.app[TRANSPORT_KEY]).inc(
+        result.accepted
+    )
+    return web.json_response(
+        {"accepted": result.accepted, "duplicates": result.duplicates}, status=202
+    )
+
+
+def build_ingest_app(context: IngestContext, transport: str) -> web.Application:
+    """The aiohttp application of one ingest listener (``http`` or ``unix``)."""
+    app = web.Application(
+        client_max_size=context.config.max_request_bytes, middlewares=[json_errors]
+    )
+    app[CONTEXT_KEY] = context
+    app[TRANSPORT_KEY] = transport
+    app.router.add_post("/v1/events", post_events)
+    return app

@@ -1,0 +1,96 @@
+"""The buffer's SQLite schema and its migrations, versioned by ``PRAGMA user_version``.
+
+Each migration is a script applied once, in order, inside one transaction with
+the version bump, so a crash mid-migration leaves the previous version intact.
+Migrations only ever append: a released migration is never edited.
+
+``auto_vacuum = INCREMENTAL`` must be chosen before the first table exists; it
+lets the buffer hand free pages back to the file system after a backlog drains,
+so the file returns to near its empty size instead of staying at its peak.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: events stored once; fan-out by one cursor per forwarder.
+    """
+    CREATE TABLE events (
+        seq            INTEGER PRIMARY KEY,  -- ingest order, assigned by the single writer
+        event_id       TEXT NOT NULL,        -- client id or generated sortable id
+        event_type     TEXT,                 -- event_type (else type), for filters
+        received_at    REAL NOT NULL,        -- unix time the event was committed
+        only_forwarder TEXT,                 -- NULL: every forwarder, else a replay for one
+        body           BLOB NOT NULL         -- the event exactly as ingested (JSON bytes)
+    );
+    CREATE TABLE client_ids (
+        event_id    TEXT PRIMARY KEY,
+        received_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX client_ids_received_at ON client_ids(received_at);
+    CREATE TABLE forwarders (
+        name       TEXT PRIMARY KEY,
+        cursor     INTEGER NOT NULL,  -- highest seq delivered or dead-lettered
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE dead_letters (
+        id            INTEGER PRIMARY KEY,
+        forwarder     TEXT NOT NULL,
+        seq           INTEGER NOT NULL,
+        event_id      TEXT NOT NULL,
+        event_type    TEXT,
+        received_at   REAL NOT NULL,
+        dead_at       REAL NOT NULL,
+        status        INTEGER,
+        code          TEXT NOT NULL,
+        reason        TEXT NOT NULL,
+        response_body BLOB,
+        body          BLOB NOT NULL
+    );
+    CREATE INDEX dead_letters_forwarder ON dead_letters(forwarder, id);
+    CREATE INDEX dead_letters_dead_at ON dead_letters(dead_at);
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('high_water_seq', 0);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNewError(sqlite3.DatabaseError):
+    """The file was written by a newer audit-forwarder; refuse rather than corrupt it."""
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to ``SCHEMA_VERSION``; return the version it had before.
+
+    Runs on a plain ``sqlite3`` connection (inside aiosqlite's thread) because
+    a migration is a short, one-off, synchronous piece of work.
+    """
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNewError(
+            f"buffer schema version {version} is newer than this build's {SCHEMA_VERSION}"
+        )
+    if version == 0:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    for number in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[number]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return int(version)
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT implicitly; split so the migration stays atomic.
+    return [part.strip() for part in script.split(";") if part.strip()]
