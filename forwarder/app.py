@@ -59,7 +59,6 @@ class Daemon:
         self._probe_runner: web.AppRunner | None = None
         self._stop_requested = asyncio.Event()
         self._failure: str | None = None
-        self._signals = 0
         self._started_at = 0.0
         redactor.update(settings.secrets())
 
@@ -173,11 +172,17 @@ class Daemon:
     # -- serve and stop --------------------------------------------------------
 
     def request_stop(self, reason: str = "requested") -> None:
-        """Ask the daemon to drain and exit (signal handlers call this)."""
-        self._signals += 1
-        if self._signals > 1:
-            log.warning("forced_exit", reason=reason)
-            os._exit(1)
+        """Ask the daemon to drain and exit (signal handlers call this).
+
+        A second SIGINT (Ctrl-C twice) exits at once: acknowledged events are
+        safe in the buffer either way. A repeated SIGTERM is ignored, since
+        supervisors resend it while waiting for the graceful exit.
+        """
+        if self._stop_requested.is_set():
+            if reason == "SIGINT":
+                log.warning("forced_exit", reason=reason)
+                os._exit(1)
+            return
         log.info("shutdown_requested", reason=reason)
         self._stop_requested.set()
 
