@@ -26,7 +26,10 @@ from forwarder.buffer import EventBuffer, EventRecord
 from forwarder.config import IngestConfig
 from forwarder.errors import BufferUnavailableError, IngestError
 from forwarder.ids import IdGenerator
+from forwarder.logs import get_logger
 from forwarder.metrics import Metrics
+
+log = get_logger("ingest")
 
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
@@ -69,6 +72,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         reason = exc.reason.lower().replace(" ", "_")
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(exc.status, reason, exc.reason, **headers)
+    except Exception as exc:
+        # A bug must cost one request a 500, never the listener; the log says which.
+        log.error("handler_failed", path=request.path, error=type(exc).__name__, exc_info=exc)
+        return error_response(500, "internal_error", "the request could not be processed")
 
 
 def check_token(request: web.Request, expected: str | None) -> None:
@@ -76,8 +83,10 @@ def check_token(request: web.Request, expected: str | None) -> None:
     if expected is None:
         return
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    # aiohttp decodes header bytes with surrogateescape: encoding back the same
+    # way gives the bytes sent, so non-UTF-8 garbage is a wrong token, not a 500.
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        presented.strip().encode(), expected.encode()
+        presented.strip().encode(errors="surrogateescape"), expected.encode()
     ):
         raise IngestError(401, "unauthorized", "missing or wrong ingest token")
 
@@ -87,7 +96,15 @@ def _event_record(
 ) -> EventRecord:
     if not isinstance(event, dict):
         raise IngestError(400, "malformed", f"{where}an event must be a JSON object")
-    body = raw if raw is not None else orjson.dumps(event)
+    if raw is not None:
+        body = raw
+    else:
+        # orjson parses 1024 levels deep but serialises only 254: an array
+        # element nested between the two must be refused, not crash the handler.
+        try:
+            body = orjson.dumps(event)
+        except orjson.JSONEncodeError:
+            raise IngestError(400, "malformed", f"{where}event is nested too deeply") from None
     if len(body) > max_event_bytes:
         raise IngestError(
             413, "too_large", f"{where}event of {len(body)} bytes exceeds {max_event_bytes}"
@@ -103,8 +120,11 @@ def _event_record(
 
 
 def _event_type(event: dict[str, Any]) -> str | None:
-    value = event.get("event_type", event.get("type"))
-    return value if isinstance(value, str) else None
+    for key in ("event_type", "type"):
+        value = event.get(key)
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def parse_json(body: bytes, ids: IdGenerator, max_event_bytes: int) -> list[EventRecord]:
