@@ -18,6 +18,13 @@ Design decisions:
   it never exits the process — only ``cli.py`` decides that.
 * Secrets are ``SecretStr``; ``tokenFile`` is read here, so the rest of the
   daemon only ever sees a resolved token.
+* Hostile documents are refused with a ConfigError, never a hang or a
+  traceback: ``yaml.safe_load`` keeps a "billion laughs" alias bomb small by
+  sharing aliased nodes, but every walk of the tree (``expand_env``, pydantic)
+  visits each path — nine aliases of nine aliases nine levels deep is 387
+  million strings — and an alias can make the tree cyclic. So the document is
+  measured first, as a walk would see it, against limits far above any real
+  configuration (a few hundred values, five levels).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -45,6 +53,7 @@ from pydantic_settings import (
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from forwarder.errors import ConfigError, ConfigProblem
@@ -54,6 +63,9 @@ ENV_PREFIX = "AUDIT_FORWARDER_"
 Port = Annotated[int, Field(ge=0, le=65535)]
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+# Limits of a document, counting every use of a YAML alias (see the module docstring).
+MAX_VALUES = 10_000
+MAX_DEPTH = 32
 
 
 class _Model(BaseModel):
@@ -92,6 +104,8 @@ class BufferConfig(_Model):
 
     path: Path = Path("./data/buffer.db")
     synchronous: Literal["normal", "full"] = "normal"
+    retention_hours: PositiveFloat = 168.0
+    history_max_rows: PositiveInt = 100_000
 
     @field_validator("synchronous", mode="before")
     @classmethod
@@ -204,16 +218,19 @@ class Settings(BaseSettings):
         # The environment wins over the file (init kwargs), as operators expect.
         return (_CamelEnvSource(settings_cls), init_settings)
 
-    @model_validator(mode="after")
-    def _names(self) -> Settings:
+    # A field validator, not a model one: the problem gets the path
+    # auditLogForwarders and is reported even when other sections are invalid.
+    @field_validator("audit_log_forwarders")
+    @classmethod
+    def _names(cls, specs: list[WebhookForwarderConfig]) -> list[WebhookForwarderConfig]:
         seen: set[str] = set()
-        for index, spec in enumerate(self.audit_log_forwarders):
+        for index, spec in enumerate(specs):
             if spec.name is None:
                 object.__setattr__(spec, "name", f"{spec.kind}-{index}")
             if spec.name in seen:
                 raise ValueError(f"forwarder name {spec.name!r} is used twice")
             seen.add(str(spec.name))
-        return self
+        return specs
 
     def forwarder_names(self) -> list[str]:
         """Names of the configured forwarders, in configuration order."""
@@ -251,7 +268,8 @@ def expand_env(value: Any, path: str, problems: list[ConfigProblem]) -> Any:
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             found = os.environ.get(name)
-            if found is not None:
+            # As in sh and docker compose, `:-` also replaces a variable set to "".
+            if found is not None and (found or default is None):
                 return found
             if default is not None:
                 return default
@@ -312,7 +330,8 @@ def _message(error: Any) -> str:
             hint = f" (did you mean {close[0]}?)" if close else f" (known keys: {', '.join(known)})"
         return f"unknown key{hint}"
     if kind == "literal_error" and location and location[-1] == "kind":
-        return f"unsupported kind {error['input']!r}: the only kind is webhook"
+        # reprlib: a hostile multi-megabyte value must not be echoed whole.
+        return f"unsupported kind {reprlib.repr(error['input'])}: the only kind is webhook"
     if kind == "literal_error":
         expected = str(error["ctx"]["expected"]).replace("'", "").replace(" or ", ", ")
         return f"must be one of {expected}"
@@ -324,10 +343,36 @@ def _message(error: Any) -> str:
 
 def problems_from(exc: ValidationError) -> list[ConfigProblem]:
     """Translate a pydantic ValidationError into YAML-path problems."""
-    return [
-        ConfigProblem(format_location(tuple(error["loc"])), _message(error))
-        for error in exc.errors(include_url=False)
-    ]
+    problems = []
+    for error in exc.errors(include_url=False):
+        location, message = tuple(error["loc"]), _message(error)
+        key = location[-1] if location else None
+        if error["type"] == "extra_forbidden" and isinstance(key, str) and ":" in key:
+            # `{token:SECRET}` (no space after the colon) is a single key in a flow
+            # mapping: echo only what precedes the colon, the rest may be a secret.
+            location = (*location[:-1], f"{key.partition(':')[0]}:...")
+            message = "unknown key (missing a space after ':'?)"
+        problems.append(ConfigProblem(format_location(location), message))
+    return problems
+
+
+def _check_size(document: Any) -> None:
+    """Refuse a document past MAX_VALUES or MAX_DEPTH; stops at the limit, so it is bounded."""
+    values = 0
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_DEPTH:
+            message = f"nested more than {MAX_DEPTH} levels deep (or an alias refers to itself)"
+            raise ConfigError([ConfigProblem("", f"the configuration is {message}")])
+        values += len(value)
+        if values > MAX_VALUES:
+            message = f"has more than {MAX_VALUES} values, counting each use of an alias"
+            raise ConfigError([ConfigProblem("", f"the configuration {message}")])
+        children = value.values() if isinstance(value, dict) else value
+        pending.extend((child, depth + 1) for child in children)
 
 
 def parse_config(document: Any) -> Settings:
@@ -336,7 +381,13 @@ def parse_config(document: Any) -> Settings:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError([ConfigProblem("", "the configuration must be a YAML mapping")])
-    problems: list[ConfigProblem] = []
+    _check_size(document)
+    # Settings(**document) would raise TypeError on a key like `1:` or `null:`.
+    problems = [
+        ConfigProblem(str(key), "keys should be strings")
+        for key in document
+        if not isinstance(key, str)
+    ]
     expanded = expand_env(document, "", problems)
     if problems:
         raise ConfigError(problems)
@@ -344,6 +395,10 @@ def parse_config(document: Any) -> Settings:
         settings = Settings(**expanded)
     except ValidationError as exc:
         raise ConfigError(problems_from(exc)) from None
+    except SettingsError as exc:
+        # An AUDIT_FORWARDER_* variable for a whole section that is not valid JSON.
+        reason = f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc)
+        raise ConfigError([ConfigProblem("", f"environment override: {reason}")]) from None
     return _resolve_token_files(settings)
 
 
@@ -383,6 +438,10 @@ def load_config(path: str | Path) -> Settings:
         raise ConfigError([ConfigProblem("", f"cannot read {config_path}: {reason}")]) from None
     try:
         document = yaml.safe_load(text)
+    except RecursionError:
+        # PyYAML's composer recurses once per level: a few hundred `[` exhaust the stack.
+        reason = f"{config_path} is nested too deeply to parse"
+        raise ConfigError([ConfigProblem("", reason)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

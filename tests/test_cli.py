@@ -1,0 +1,273 @@
+"""The ``audit-forwarder`` console script, run for real in a subprocess.
+
+These tests prove what an operator sees: exit codes, what goes to stdout and
+stderr, that a bad configuration never produces a traceback, and that a secret
+token never appears in the output of ``check-config``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from forwarder import __version__
+from forwarder.config import ENV_PREFIX, MAX_VALUES
+
+CLI = str(Path(sys.executable).with_name("audit-forwarder"))
+SECRET = "THE-SECRET-TOKEN"
+GOOD = f"""\
+auditLogForwarders:
+  - kind: webhook
+    uri: https://webhook.site
+    token: {SECRET}
+    method: POST
+  - name: archive
+    kind: webhook
+    uri: http://127.0.0.1:9000/archive
+    token: ${{FWD_TEST_ARCHIVE_TOKEN}}
+"""
+BAD = f"""\
+ingest:
+  tokne: {SECRET}
+auditLogForwarders:
+  - {{kind: webhook, uri: https://a.example, token: {SECRET}}}
+  - {{kind: kafka, uri: https://b.example, method: GET, token: {SECRET}}}
+"""
+BAD_PROBLEMS = [
+    "  ingest.tokne: unknown key (did you mean token?)",
+    "  auditLogForwarders[1].kind: unsupported kind 'kafka': the only kind is webhook",
+    "  auditLogForwarders[1].method: must be one of POST, PUT, PATCH",
+]
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script with a clean AUDIT_FORWARDER_* environment."""
+    clean = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+    return subprocess.run(
+        [CLI, *args],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    """Write a configuration file under ``tmp_path``."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def test_check_config_accepts_a_good_file_and_names_its_forwarders(tmp_path: Path) -> None:
+    """check-config on a valid file exits 0 and prints OK with the forwarder names."""
+    path = write(tmp_path, GOOD)
+
+    result = run_cli(
+        "check-config",
+        "--config",
+        str(path),
+        cwd=tmp_path,
+        env={"FWD_TEST_ARCHIVE_TOKEN": "ENV-TOK"},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{path}: OK (2 forwarder(s): webhook-0, archive)\n"
+    assert result.stderr == ""
+    assert SECRET not in result.stdout + result.stderr
+    assert "ENV-TOK" not in result.stdout + result.stderr
+
+
+def test_check_config_short_option_and_config_from_environment(tmp_path: Path) -> None:
+    """``-c FILE`` and $AUDIT_FORWARDER_CONFIG_FILE both choose the file to check."""
+    path = write(tmp_path, "auditLogForwarders: [{kind: webhook, uri: https://x, name: only}]\n")
+
+    short = run_cli("check-config", "-c", str(path), cwd=tmp_path)
+    from_env = run_cli("check-config", cwd=tmp_path, env={"AUDIT_FORWARDER_CONFIG_FILE": str(path)})
+
+    assert (short.returncode, short.stdout) == (0, f"{path}: OK (1 forwarder(s): only)\n")
+    assert (from_env.returncode, from_env.stdout) == (0, f"{path}: OK (1 forwarder(s): only)\n")
+
+
+def test_check_config_defaults_to_config_yaml_in_the_working_directory(tmp_path: Path) -> None:
+    """Without --config, check-config reads ./config.yaml."""
+    write(tmp_path, "auditLogForwarders: [{kind: webhook, uri: https://x}]\n")
+
+    result = run_cli("check-config", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "config.yaml: OK (1 forwarder(s): webhook-0)\n"
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_bad_config_exits_2_with_every_problem_on_stderr(tmp_path: Path, command: str) -> None:
+    """check-config and run both exit 2 listing every problem with its YAML path, no traceback."""
+    path = write(tmp_path, BAD)
+
+    result = run_cli(command, "--config", str(path), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"audit-forwarder: invalid configuration {path}:",
+        *BAD_PROBLEMS,
+    ]
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_token_typed_without_a_space_is_not_printed(tmp_path: Path) -> None:
+    """A flow-style ``token:SECRET`` typo is reported without printing the secret."""
+    path = write(
+        tmp_path, f"auditLogForwarders: [{{kind: webhook, uri: https://x, token:{SECRET}}}]\n"
+    )
+
+    result = run_cli("check-config", "--config", str(path), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "auditLogForwarders[0].token:...: unknown key" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_run_with_bad_config_starts_nothing(tmp_path: Path) -> None:
+    """``run`` refuses a bad configuration before it creates the buffer or binds a socket."""
+    buffer_path = tmp_path / "buffer" / "buffer.db"
+    socket_path = tmp_path / "ingest.sock"
+    path = write(
+        tmp_path,
+        f"""\
+        ingest: {{port: null, unixSocket: {socket_path}}}
+        buffer: {{path: {buffer_path}}}
+        auditLogForwarders: [{{kind: webhook, uri: https://x, method: GET}}]
+        """,
+    )
+
+    result = run_cli("run", "--config", str(path), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "auditLogForwarders[0].method: must be one of POST, PUT, PATCH" in result.stderr
+    assert not buffer_path.parent.exists()
+    assert not socket_path.exists()
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_missing_config_file_exits_2(tmp_path: Path, command: str) -> None:
+    """A configuration path that does not exist is a one-line problem and exit code 2."""
+    missing = tmp_path / "missing.yaml"
+
+    result = run_cli(command, "--config", str(missing), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"audit-forwarder: invalid configuration {missing}:",
+        f"  cannot read {missing}: No such file or directory",
+    ]
+
+
+BILLION_LAUGHS = "\n".join(
+    [
+        'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]',
+        *(f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 10)),
+        "auditLogForwarders: [{kind: webhook, uri: https://x}]",
+        "",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param(
+            BILLION_LAUGHS.encode(),
+            f"the configuration has more than {MAX_VALUES} values",
+            id="billion-laughs",
+        ),
+        pytest.param(
+            b"ingest: &a {x: *a}\n", "the configuration is nested more than", id="alias-cycle"
+        ),
+        pytest.param(b"x: " + b"[" * 5000 + b"]" * 5000, "is nested too deeply", id="deep"),
+        pytest.param(
+            b"x: !!python/object/apply:os.system ['touch MARKER']\n",
+            "could not determine a constructor for the tag",
+            id="python-tag",
+        ),
+        pytest.param(b"1: x\n", "1: keys should be strings", id="int-key"),
+        pytest.param(b"- a\n- b\n", "the configuration must be a YAML mapping", id="list"),
+        pytest.param(b"caf\xe9: 1\n", "'utf-8' codec can't decode", id="latin-1"),
+        pytest.param(b"a: [\n", "is not valid YAML at line 2", id="syntax"),
+    ],
+)
+@pytest.mark.timeout(60)
+def test_hostile_config_exits_2_without_a_traceback(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    """Alias bombs, cycles, deep nesting, object tags and bad encodings exit 2 with a message."""
+    marker = tmp_path / "executed"
+    path = tmp_path / "hostile.yaml"
+    path.write_bytes(content.replace(b"MARKER", str(marker).encode()))
+
+    result = run_cli("check-config", "--config", str(path), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert problem in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"FWD_TEST_ARCHIVE_TOKEN": "ENV-TOK", "AUDIT_FORWARDER_INGEST__PORT": "http"},
+            "  ingest.port: input should be a valid integer",
+        ),
+        (
+            {"FWD_TEST_ARCHIVE_TOKEN": "ENV-TOK", "AUDIT_FORWARDER_INGEST": "{not json"},
+            '  environment override: error parsing value for field "ingest"',
+        ),
+        ({}, "  auditLogForwarders[1].token: environment variable FWD_TEST_ARCHIVE_TOKEN"),
+    ],
+    ids=["bad-override", "override-not-json", "unset-variable"],
+)
+def test_bad_environment_exits_2_without_a_traceback(
+    tmp_path: Path, env: dict[str, str], problem: str
+) -> None:
+    """A bad override or a missing ${VAR} is reported like a problem in the file."""
+    path = write(tmp_path, GOOD)
+
+    result = run_cli("check-config", "--config", str(path), cwd=tmp_path, env=env)
+
+    assert result.returncode == 2
+    assert any(line.startswith(problem) for line in result.stderr.splitlines()), result.stderr
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert "ENV-TOK" not in result.stdout + result.stderr
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    """``version`` prints forwarder.__version__ and exits 0."""
+    result = run_cli("version", cwd=tmp_path)
+
+    assert result.returncode == 0
+    assert result.stdout == f"audit-forwarder {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["frobnicate"], ["check-config", "--bogus"]], ids=["none", "unknown", "option"]
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
+    """A missing or unknown command or option is a usage error: exit 2 with usage on stderr."""
+    result = run_cli(*args, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: audit-forwarder")
+    assert "Traceback" not in result.stderr
