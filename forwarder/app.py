@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from forwarder import __version__
+from forwarder.admin import AdminContext, add_admin_routes
 from forwarder.buffer import EventBuffer
 from forwarder.config import Settings
 from forwarder.delivery import DeliveryWorker
@@ -37,6 +38,7 @@ from forwarder.ingest import IngestContext, build_ingest_app
 from forwarder.logs import get_logger, redactor
 from forwarder.metrics import ForwarderGauges, Metrics
 from forwarder.probes import ProbeState, build_probe_app
+from forwarder.retention import Housekeeper
 
 log = get_logger("daemon")
 
@@ -53,8 +55,17 @@ class Daemon:
         self.metrics = metrics if metrics is not None else Metrics()
         self.buffer = EventBuffer(settings.buffer.path, synchronous=settings.buffer.synchronous)
         self.workers: dict[str, DeliveryWorker] = {}
+        self.housekeeper = Housekeeper(
+            self.buffer,
+            settings.buffer.retention_hours * 3600,
+            settings.buffer.history_max_rows,
+            lambda: list(self.workers),
+        )
         self.probes = ProbeState(self.metrics, ping_database=self.buffer.ping)
         self.ingest = IngestContext(self.buffer, settings.ingest, self.metrics, IdGenerator())
+        self.admin = AdminContext(
+            lambda: self.workers, self.buffer, self.ingest.ids, self._ingest_token
+        )
         self._ingest_runners: list[web.AppRunner] = []
         self._probe_runner: web.AppRunner | None = None
         self._stop_requested = asyncio.Event()
@@ -79,6 +90,8 @@ class Daemon:
                 await worker.start()
                 self.workers[worker.name] = worker
                 self._supervise(worker.task, f"deliver-{worker.name}")
+            self.housekeeper.start()
+            self._supervise(self.housekeeper.task, "housekeeping")
             addresses = await self._start_ingest()
         except OSError as exc:
             await self.stop()
@@ -107,6 +120,7 @@ class Daemon:
         self._probe_runner = runner
         cfg = self.settings.metrics
         await web.TCPSite(runner, cfg.host, cfg.port).start()
+        log.info("probes_listening", metrics=self.metrics_addresses)
 
     async def _start_ingest(self) -> list[str]:
         cfg = self.settings.ingest
@@ -125,8 +139,10 @@ class Daemon:
         return addresses
 
     async def _ingest_runner(self, transport: str) -> web.AppRunner:
+        app = build_ingest_app(self.ingest, transport)
+        add_admin_routes(app, self.admin, transport)
         runner = web.AppRunner(
-            build_ingest_app(self.ingest, transport),
+            app,
             access_log=None,
             shutdown_timeout=self.settings.shutdown_grace_seconds,
         )
@@ -159,6 +175,10 @@ class Daemon:
             self._stop_requested.set()
 
         task.add_done_callback(done)
+
+    def _ingest_token(self) -> str | None:
+        token = self.ingest.config.token
+        return token.get_secret_value() if token is not None else None
 
     # -- state for metrics -----------------------------------------------------
 
@@ -219,6 +239,7 @@ class Daemon:
         if unfinished:
             log.warning("deliveries_cancelled", workers=unfinished, grace_seconds=grace)
         pending = {w.name: w.status.pending for w in self.workers.values()}
+        await self.housekeeper.stop()
         await self.buffer.close()
         if self._probe_runner is not None:
             await self._probe_runner.cleanup()

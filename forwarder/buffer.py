@@ -288,6 +288,13 @@ class EventBuffer:
         """
         self._submit(_Statements([], {forwarder: seq}, None))
 
+    def submit(self, statements: list[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Queue statements for the next group commit without waiting for it.
+
+        For records whose loss in a crash is acceptable (delivery history).
+        """
+        self._submit(_Statements(statements, {}, None))
+
     async def execute(
         self,
         statements: list[tuple[str, Sequence[Sequence[Any]]]],
@@ -382,9 +389,12 @@ class EventBuffer:
         self, conn: aiosqlite.Connection, op: _Register, group: _Group, now: float
     ) -> None:
         wanted = set(op.names)
-        known = set(self._cursors) - group.removed
-        group.removed |= known - wanted
+        known = (set(self._cursors) | set(group.registered)) - group.removed
+        for name in known - wanted:
+            group.registered.pop(name, None)
+            group.removed.add(name)
         for name in sorted(wanted - known):
+            group.removed.discard(name)
             group.registered[name] = self._next_seq
         if group.removed:
             await conn.executemany(
@@ -509,9 +519,13 @@ class EventBuffer:
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
         results = iter(group.results)
+        # A caller cancelled while waiting (client gone, drain timeout) has
+        # cancelled its future; resolving that would kill the writer task.
         for op in group.ops:
             if isinstance(op, _Append):
-                op.future.set_result(next(results))
+                result = next(results)
+                if not op.future.done():
+                    op.future.set_result(result)
             elif op.future is not None and not op.future.done():
                 op.future.set_result(None)
 

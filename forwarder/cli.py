@@ -1,4 +1,8 @@
-"""The ``audit-forwarder`` command line: run, check-config, receiver, version.
+"""The ``audit-forwarder`` command line: the daemon, config checks, and operator commands.
+
+``status``, ``deliveries``, ``test`` and ``send`` talk to a running daemon
+through its admin API (see ``client.py``), found from the same configuration
+file; a daemon that does not answer is reported in one line, exit code 1.
 
 This is the only module that calls ``asyncio.run`` or exits the process.
 Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error.
@@ -9,11 +13,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
 
 from forwarder import __version__
+from forwarder.client import (
+    AdminClient,
+    format_deliveries,
+    format_status,
+    format_test,
+    guess_content_type,
+)
 from forwarder.config import Settings, load_config
 from forwarder.errors import ConfigError, ForwarderError
 from forwarder.logs import configure_logging
@@ -50,8 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
     receiver.add_argument("--port", type=int, default=9000)
     receiver.add_argument("--status", type=int, default=200, help="HTTP status to answer")
 
+    status = commands.add_parser("status", help="show every forwarder's state")
+    _add_config(status)
+    _add_json(status)
+
+    deliveries = commands.add_parser("deliveries", help="show a forwarder's delivery history")
+    _add_config(deliveries)
+    _add_json(deliveries)
+    deliveries.add_argument("name", help="forwarder name")
+    deliveries.add_argument("--limit", type=int, default=20, help="newest N attempts (max 1000)")
+
+    test = commands.add_parser("test", help="send a test event to a forwarder's receiver")
+    _add_config(test)
+    _add_json(test)
+    test.add_argument("name", help="forwarder name")
+
+    send = commands.add_parser("send", help="ingest JSON or NDJSON events from a file or stdin")
+    _add_config(send)
+    _add_json(send)
+    send.add_argument("file", nargs="?", default="-", help="a file, or - for stdin (default)")
+
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
 def _load(path: str) -> Settings | None:
@@ -95,6 +133,51 @@ def _receiver(host: str, port: int, status: int) -> int:
     return EXIT_OK
 
 
+def _read_input(file: str) -> bytes:
+    if file == "-":
+        return sys.stdin.buffer.read()
+    with open(file, "rb") as source:
+        return source.read()
+
+
+async def _operator(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
+    """Run one operator command; return its JSON answer and its rendering."""
+    client = AdminClient(settings)
+    if args.command == "status":
+        payload = await client.request("GET", "/v1/forwarders")
+        return payload, format_status(payload)
+    if args.command == "deliveries":
+        name = quote(args.name, safe="")
+        payload = await client.request(
+            "GET", f"/v1/forwarders/{name}/deliveries?limit={args.limit}"
+        )
+        return payload, format_deliveries(payload)
+    if args.command == "test":
+        payload = await client.request("POST", f"/v1/forwarders/{quote(args.name, safe='')}/test")
+        return payload, format_test(payload)
+    data = _read_input(args.file)
+    payload = await client.request("POST", "/v1/events", data, guess_content_type(data))
+    return payload, f"accepted {payload['accepted']} event(s), {payload['duplicates']} duplicate(s)"
+
+
+def _operator_command(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return EXIT_CONFIG
+    try:
+        payload, text = asyncio.run(_operator(args, settings))
+    except OSError as exc:
+        print(f"audit-forwarder: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ForwarderError as exc:
+        print(f"audit-forwarder: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(payload, indent=2) if args.json else text)
+    if args.command == "test" and not payload.get("ok"):
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``audit-forwarder`` console script."""
     args = build_parser().parse_args(argv)
@@ -104,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "receiver":
         return _receiver(args.host, args.port, args.status)
+    if args.command in ("status", "deliveries", "test", "send"):
+        return _operator_command(args)
     print(f"audit-forwarder {__version__}")
     return EXIT_OK
 

@@ -36,11 +36,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from forwarder import __version__
 from forwarder.buffer import EventBuffer, StoredEvent
 from forwarder.config import RetryConfig, WebhookForwarderConfig
 from forwarder.errors import (
+    BufferUnavailableError,
     DeliveryError,
     PermanentDeliveryError,
     RetryableDeliveryError,
@@ -54,6 +56,11 @@ USER_AGENT = f"audit-forwarder/{__version__.split('.')[0]}.0"
 RESPONSE_BODY_LIMIT = 4096
 READ_AHEAD = 512
 RETRYABLE_STATUSES = frozenset({408, 429})
+INSERT_ATTEMPT = (
+    "INSERT INTO delivery_attempts (forwarder, attempted_at, attempt, events, event_ids,"
+    " outcome, code, status, duration_ms, error, response_body)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +88,27 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # isdigit() alone accepts "²", which float() rejects (a ValueError would kill the worker).
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - now)
+
+
+async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a body, however many chunks they arrive in."""
+    chunks: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        chunk = await stream.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 async def send_request(
@@ -107,9 +128,11 @@ async def send_request(
             timeout=aiohttp.ClientTimeout(total=timeout_seconds),
             allow_redirects=False,
         ) as answer:
-            body = await answer.content.read(RESPONSE_BODY_LIMIT)
+            body = await _read_prefix(answer.content, RESPONSE_BODY_LIMIT)
             status = answer.status
-            headers = dict(answer.headers)
+            headers = {str(name): value for name, value in answer.headers.items()}
+            # Looked up case-insensitively: dict() keeps the case as received.
+            retry_after_value = answer.headers.get(aiohttp.hdrs.RETRY_AFTER)
     except TimeoutError:
         raise RetryableDeliveryError("timeout", f"no answer within {timeout_seconds:g} s") from None
     except aiohttp.ClientError as exc:
@@ -119,7 +142,7 @@ async def send_request(
         return Response(status, headers, body, duration)
     message = f"HTTP {status}"
     if status in RETRYABLE_STATUSES or status >= 500:
-        retry_after = parse_retry_after(headers.get("Retry-After"), time.time())
+        retry_after = parse_retry_after(retry_after_value, time.time())
         raise RetryableDeliveryError(
             str(status), message, status=status, body=body, retry_after=retry_after
         )
@@ -134,12 +157,18 @@ class Backoff:
         self._rng = rng
 
     def delay(self, failures: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after the ``failures``-th consecutive failure (1-based)."""
+        """Seconds to wait after the ``failures``-th failed attempt of a request (1-based).
+
+        A ``Retry-After`` is a lower bound: the wait is the larger of it and the
+        jittered backoff, so ``Retry-After: 0`` cannot drive a tight loop; both
+        are capped at ``maxBackoffSeconds``.
+        """
         cap = self._policy.max_backoff_seconds
-        if retry_after is not None:
-            return min(retry_after, cap)
         ceiling = min(cap, self._policy.initial_backoff_seconds * 2.0 ** min(failures - 1, 60))
-        return float(self._rng()) * ceiling
+        jittered = float(self._rng()) * ceiling
+        if retry_after is not None:
+            return min(max(retry_after, jittered), cap)
+        return jittered
 
 
 @dataclass
@@ -180,23 +209,33 @@ class DeliveryWorker:
         self._stopping = asyncio.Event()
         self._read_ahead: deque[StoredEvent] = deque()
         self._cursor = 0
+        self._counted_upto = 0
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         """Count what is pending, open the HTTP session and start the task."""
         self._cursor = self._buffer.cursor(self.name)
+        # Listen first, count up to a fixed head after: an event committed
+        # while the count runs is counted exactly once, by one or the other.
+        self._counted_upto = self._buffer.head_seq
+        self._buffer.add_listener(self._on_append)
         rows = await self._buffer.query(
-            "SELECT count(*), min(received_at) FROM events"
-            " WHERE seq > ? AND (only_forwarder IS NULL OR only_forwarder = ?)",
-            (self._cursor, self.name),
+            "SELECT count(*), min(received_at) FROM events WHERE seq > ? AND seq <= ?"
+            " AND (only_forwarder IS NULL OR only_forwarder = ?)",
+            (self._cursor, self._counted_upto, self.name),
         )
         count, oldest = rows[0]
-        self.status.pending = int(count)
-        self.status.oldest_pending_at = oldest
-        self._buffer.add_listener(self._on_append)
+        self.status.pending += int(count)
+        if oldest is not None:
+            self.status.oldest_pending_at = oldest
         self._session = aiohttp.ClientSession(trust_env=True)
         self._task = asyncio.create_task(self._run(), name=f"deliver-{self.name}")
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The worker's HTTP session (None before start and after stop)."""
+        return self._session
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -222,6 +261,8 @@ class DeliveryWorker:
     def _on_append(self, stored: Sequence[StoredEvent]) -> None:
         added = 0
         for event in stored:
+            if event.seq <= self._counted_upto:
+                continue
             if event.only_forwarder is None or event.only_forwarder == self.name:
                 added += 1
                 if self.status.oldest_pending_at is None:
@@ -241,11 +282,14 @@ class DeliveryWorker:
         while not self._read_ahead:
             if self._stopping.is_set():
                 return None
+            head = self._buffer.head_seq
             fetched = await self._buffer.read_after(self.name, self._cursor, READ_AHEAD)
             if fetched:
                 self._read_ahead.extend(fetched)
                 break
-            waiter = asyncio.ensure_future(self._buffer.wait_beyond(self._cursor))
+            # Rows up to head not returned are replays for other forwarders: waiting
+            # beyond the cursor alone would return at once and spin on them.
+            waiter = asyncio.ensure_future(self._buffer.wait_beyond(max(self._cursor, head)))
             stopper = asyncio.ensure_future(self._stopping.wait())
             try:
                 await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -284,22 +328,58 @@ class DeliveryWorker:
         attempt = 0
         while True:
             attempt += 1
-            started = self._clock()
-            self.status.last_attempt_at = started
+            self.status.last_attempt_at = self._clock()
+            started = time.monotonic()
             try:
                 response = await send_request(self._session, request, self.spec.timeout_seconds)
             except RetryableDeliveryError as exc:
                 self._record_failure(exc, attempt, "retry")
-                delay = self._backoff.delay(self.status.consecutive_failures, exc.retry_after)
+                self._record_attempt(batch, attempt, "retry", exc, started)
+                delay = self._backoff.delay(attempt, exc.retry_after)
                 if await self._wait_or_stop(delay):
                     return None
                 continue
             except PermanentDeliveryError as exc:
                 self._record_failure(exc, attempt, "dead_letter")
-                await self._dead_letter(batch, exc)
+                self._record_attempt(batch, attempt, "dead_letter", exc, started)
+                if not await self._dead_letter(batch, exc):
+                    return None
                 return False
             self._record_success(batch, response, attempt)
+            self._record_attempt(batch, attempt, "success", response, started)
             return True
+
+    def _record_attempt(
+        self,
+        batch: list[StoredEvent],
+        attempt: int,
+        outcome: str,
+        result: Response | DeliveryError,
+        started: float,
+    ) -> None:
+        """Add the attempt to the history (committed with the next group) and the histogram."""
+        elapsed = time.monotonic() - started
+        status: int | None
+        error: str | None
+        if isinstance(result, Response):
+            code, status, error, body = str(result.status), result.status, None, result.body
+        else:
+            code, status, error, body = result.code, result.status, result.message, result.body
+        row = (
+            self.name,
+            self.status.last_attempt_at,
+            attempt,
+            len(batch),
+            orjson.dumps([e.event_id for e in batch]).decode(),
+            outcome,
+            code,
+            status,
+            round(elapsed * 1000, 3),
+            error,
+            body[:RESPONSE_BODY_LIMIT],
+        )
+        self._buffer.submit([(INSERT_ATTEMPT, [row])])
+        self._metrics.delivery_duration.labels(self.name).observe(elapsed)
 
     async def _wait_or_stop(self, delay: float) -> bool:
         try:
@@ -315,7 +395,6 @@ class DeliveryWorker:
         self._buffer.ack(self.name, batch[-1].seq)
         m = self._metrics
         m.delivery_attempts.labels(self.name, "success", str(response.status)).inc()
-        m.delivery_duration.labels(self.name).observe(response.duration)
         m.events_delivered.labels(self.name).inc(len(batch))
         m.last_success.labels(self.name).set(now)
         latency = m.ingest_to_delivery.labels(self.name)
@@ -347,7 +426,8 @@ class DeliveryWorker:
         else:
             log.debug("delivery_retry", **fields)
 
-    async def _dead_letter(self, batch: list[StoredEvent], exc: PermanentDeliveryError) -> None:
+    async def _dead_letter(self, batch: list[StoredEvent], exc: PermanentDeliveryError) -> bool:
+        """Move ``batch`` to the dead-letter table; False if stopped before it was recorded."""
         now = self._clock()
         rows = [
             (
@@ -365,17 +445,22 @@ class DeliveryWorker:
             )
             for e in batch
         ]
-        await self._buffer.execute(
-            [
-                (
-                    "INSERT INTO dead_letters (forwarder, seq, event_id, event_type, received_at,"
-                    " dead_at, status, code, reason, response_body, body)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-            ],
-            acks={self.name: batch[-1].seq},
+        statement = (
+            "INSERT INTO dead_letters (forwarder, seq, event_id, event_type, received_at,"
+            " dead_at, status, code, reason, response_body, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
+        failures = 0
+        while True:
+            try:
+                await self._buffer.execute([(statement, rows)], acks={self.name: batch[-1].seq})
+                break
+            except BufferUnavailableError as exc_buffer:
+                # The events must not leave the queue unrecorded: wait and try again.
+                failures += 1
+                log.error("dead_letter_write_failed", forwarder=self.name, error=exc_buffer.reason)
+                if await self._wait_or_stop(self._backoff.delay(failures)):
+                    return False
         self._metrics.events_dead_lettered.labels(self.name).inc(len(batch))
         self.status.dead_lettered += len(batch)
         log.error(
@@ -385,3 +470,4 @@ class DeliveryWorker:
             events=len(batch),
             first_event_id=batch[0].event_id,
         )
+        return True

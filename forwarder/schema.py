@@ -56,6 +56,25 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO meta (key, value) VALUES ('high_water_seq', 0);
     """,
+    # 2: the delivery history, every attempt, kept for the retention period.
+    """
+    CREATE TABLE delivery_attempts (
+        id            INTEGER PRIMARY KEY,
+        forwarder     TEXT NOT NULL,
+        attempted_at  REAL NOT NULL,
+        attempt       INTEGER NOT NULL,     -- 1 for the first try of this request
+        events        INTEGER NOT NULL,     -- how many events the request carried
+        event_ids     TEXT NOT NULL,        -- JSON array of the event ids
+        outcome       TEXT NOT NULL,        -- success, retry, dead_letter
+        code          TEXT NOT NULL,        -- HTTP status, timeout, connection_error
+        status        INTEGER,              -- HTTP status when there was an answer
+        duration_ms   REAL NOT NULL,
+        error         TEXT,
+        response_body BLOB                  -- first 4 KiB of the answer
+    );
+    CREATE INDEX delivery_attempts_forwarder ON delivery_attempts(forwarder, id);
+    CREATE INDEX delivery_attempts_attempted_at ON delivery_attempts(attempted_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -198,21 +198,28 @@ class DaemonProcess:
                 stderr=subprocess.STDOUT,
                 env=self.env,
             )
+        probes = await wait_for(
+            lambda: self._log_line("probes_listening"), timeout=20, message="probes_listening"
+        )
+        self.metrics_url = f"http://{probes['metrics'][0]}"
+        if wait_ready:
+            await self.wait_started()
+        return self
+
+    async def wait_started(self) -> None:
+        """Wait for the daemon_started line (ingest addresses) and /readyz 200."""
         started = await wait_for(
-            lambda: self._started_line(), timeout=20, message="daemon_started in the log"
+            lambda: self._log_line("daemon_started"), timeout=20, message="daemon_started"
         )
         tcp = [a for a in started["ingest"] if not a.startswith("unix:")]
         self.ingest_url = f"http://{tcp[0]}" if tcp else ""
-        self.metrics_url = f"http://{started['metrics'][0]}"
-        if wait_ready:
-            await wait_for(self._ready, timeout=20, message="/readyz 200")
-        return self
+        await wait_for(self._ready, timeout=20, message="/readyz 200")
 
-    def _started_line(self) -> dict[str, Any] | None:
+    def _log_line(self, event: str) -> dict[str, Any] | None:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.output()}")
         for entry in self.log_entries():
-            if entry.get("event") == "daemon_started":
+            if entry.get("event") == event:
                 return entry
         return None
 

@@ -1,0 +1,178 @@
+"""The operator's side of the admin API: a small client and the tables the CLI prints.
+
+The CLI finds the daemon the way an operator would expect: from the same
+configuration file the daemon runs with — the Unix socket when one is
+configured (it needs no port and works inside a pod), else the TCP listener
+(a wildcard bind address is reached on loopback) — and it sends the ingest
+token from that file when one is set.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from forwarder.config import Settings
+from forwarder.errors import ForwarderError
+
+TIMEOUT_SECONDS = 30.0
+
+
+class DaemonUnreachableError(ForwarderError):
+    """Nothing answers at the configured ingest address."""
+
+
+class AdminRequestError(ForwarderError):
+    """The daemon answered with an error; ``status`` and ``payload`` say which."""
+
+    def __init__(self, status: int, payload: Any) -> None:
+        self.status = status
+        self.payload = payload
+        message = payload.get("message") if isinstance(payload, dict) else None
+        super().__init__(f"HTTP {status}: {message or payload}")
+
+
+class AdminClient:
+    """Talks to a running daemon's ingest listener. Constructing it does no I/O."""
+
+    def __init__(self, settings: Settings) -> None:
+        ingest = settings.ingest
+        self._socket = str(ingest.unix_socket) if ingest.unix_socket is not None else None
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(ingest.host, ingest.host)
+        host = f"[{host}]" if ":" in host else host
+        self.address = f"unix:{self._socket}" if self._socket else f"{host}:{ingest.port}"
+        self._base = "http://localhost" if self._socket else f"http://{host}:{ingest.port}"
+        token = ingest.token.get_secret_value() if ingest.token is not None else None
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """Send one request; return the decoded JSON answer or raise."""
+        connector = aiohttp.UnixConnector(path=self._socket) if self._socket else None
+        headers = dict(self._headers)
+        if body is not None:
+            headers["Content-Type"] = content_type
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)
+                ) as session,
+                session.request(method, self._base + path, data=body, headers=headers) as answer,
+            ):
+                raw = await answer.read()
+                status = answer.status
+        except (aiohttp.ClientConnectionError, FileNotFoundError, TimeoutError) as exc:
+            raise DaemonUnreachableError(
+                f"cannot reach the daemon at {self.address} (is it running?): {type(exc).__name__}"
+            ) from None
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = raw.decode("utf-8", "replace")
+        if status >= 400:
+            raise AdminRequestError(status, payload)
+        return payload
+
+
+def guess_content_type(data: bytes) -> str:
+    """``application/json`` for one JSON document, else NDJSON (one per line)."""
+    try:
+        json.loads(data)
+    except ValueError:
+        return "application/x-ndjson"
+    return "application/json"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain left-aligned text table."""
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(v)) for w, v in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def format_status(payload: dict[str, Any]) -> str:
+    """The ``status`` table."""
+    rows = [
+        (
+            f["name"],
+            f["kind"],
+            f["method"],
+            f["host"],
+            f["pending"],
+            f"{f['oldest_pending_age_seconds']:.1f}s",
+            f["last_attempt"]["at"],
+            f["last_attempt"]["status"],
+            f["last_success_at"],
+            f["consecutive_failures"],
+            f["dead_letters"],
+        )
+        for f in payload["forwarders"]
+    ]
+    headers = (
+        "NAME",
+        "KIND",
+        "METHOD",
+        "HOST",
+        "PENDING",
+        "OLDEST",
+        "LAST ATTEMPT",
+        "STATUS",
+        "LAST SUCCESS",
+        "FAILURES",
+        "DEAD",
+    )
+    return table(headers, rows)
+
+
+def format_deliveries(payload: dict[str, Any]) -> str:
+    """The ``deliveries`` table, newest first."""
+    rows = [
+        (
+            d["at"],
+            d["attempt"],
+            d["outcome"],
+            d["code"],
+            f"{d['duration_ms']:.1f}ms",
+            d["events"],
+            d["event_ids"][0] if d["event_ids"] else None,
+            (d["error"] or "")[:60] or None,
+        )
+        for d in payload["deliveries"]
+    ]
+    headers = ("TIME", "ATTEMPT", "OUTCOME", "CODE", "DURATION", "EVENTS", "FIRST EVENT", "ERROR")
+    return table(headers, rows)
+
+
+def format_test(payload: dict[str, Any]) -> str:
+    """The test button's invocation data, for a terminal."""
+    request = payload["request"]
+    lines = [
+        f"test of {payload['forwarder']}: {'OK' if payload['ok'] else 'FAILED'}",
+        "",
+        f"request: {request['method']} {request['url']}",
+    ]
+    lines += [f"  {name}: {value}" for name, value in request["headers"].items()]
+    lines += [f"  {request['body']}", ""]
+    response = payload.get("response")
+    if response:
+        duration = response.get("duration_ms")
+        took = f" in {duration:.1f} ms" if duration is not None else ""
+        lines.append(f"response: {response['status']}{took}")
+        lines += [f"  {name}: {value}" for name, value in (response.get("headers") or {}).items()]
+        lines.append(f"  {response['body']}")
+    error = payload.get("error")
+    if error:
+        lines.append(f"error: {error['code']}: {error['message']}")
+    return "\n".join(lines)

@@ -1,0 +1,452 @@
+"""The SQLite buffer on a real file: ordering, group commit, durability, dedup, fan-out, schema.
+
+Every test opens a real :class:`EventBuffer` on a file in ``tmp_path``. The
+only thing injected is the clock, where the writer's once-a-second purge
+would otherwise make a test wait; everything else is checked on the real
+database, often through a second, plain ``sqlite3`` connection so that
+"committed" means what another process would see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forwarder.buffer import AppendResult, EventBuffer, EventRecord, StoredEvent
+from forwarder.errors import BufferUnavailableError
+from forwarder.schema import SCHEMA_VERSION, SchemaTooNewError, migrate
+from tests.support import wait_for
+
+OpenBuffer = Callable[..., Awaitable[EventBuffer]]
+
+
+class Clock:
+    """A clock the test moves by hand (the buffer's purge runs at most once a second)."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float = 2.0) -> None:
+        """Move time forward, e.g. past the purge interval."""
+        self.now += seconds
+
+
+def record(
+    n: int, *, client_id: str | None = None, only: str | None = None, event_id: str | None = None
+) -> EventRecord:
+    """An event with body ``{"n": n}``; ``client_id`` makes its id client-supplied."""
+    return EventRecord(
+        event_id=client_id or event_id or f"generated-{n}",
+        event_type="test.event",
+        body=f'{{"n": {n}}}'.encode(),
+        client_supplied_id=client_id is not None,
+        only_forwarder=only,
+    )
+
+
+def on_disk(path: Path, sql: str, parameters: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run ``sql`` on a separate plain connection: what any other process would see."""
+    conn = sqlite3.connect(path)
+    try:
+        return [tuple(row) for row in conn.execute(sql, tuple(parameters)).fetchall()]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+async def open_buffer(tmp_path: Path) -> AsyncIterator[OpenBuffer]:
+    """Open real buffers (default file ``tmp_path/buffer.db``); all closed at teardown."""
+    opened: list[EventBuffer] = []
+
+    async def open_(
+        forwarders: Iterable[str] = ("f",), path: Path | None = None, **options: Any
+    ) -> EventBuffer:
+        buffer = EventBuffer(path or tmp_path / "buffer.db", **options)
+        opened.append(buffer)
+        await buffer.open(forwarders)
+        return buffer
+
+    yield open_
+    for buffer in opened:
+        await buffer.close()
+
+
+async def append_numbered(buffer: EventBuffer, numbers: Iterable[int]) -> AppendResult:
+    """Append one group of numbered events."""
+    return await buffer.append([record(n) for n in numbers])
+
+
+# -- append and read -----------------------------------------------------------
+
+
+async def test_append_resolves_after_commit_with_contiguous_seqs(
+    open_buffer: OpenBuffer, tmp_path: Path
+) -> None:
+    """append() returns an AppendResult only once the rows are visible to another connection."""
+    buffer = await open_buffer()
+    assert buffer.head_seq == 0
+
+    result = await append_numbered(buffer, [1, 2, 3])
+
+    assert result == AppendResult(accepted=3, duplicates=0)
+    assert on_disk(tmp_path / "buffer.db", "SELECT seq, body FROM events ORDER BY seq") == [
+        (1, b'{"n": 1}'),
+        (2, b'{"n": 2}'),
+        (3, b'{"n": 3}'),
+    ]
+    assert await append_numbered(buffer, [4]) == AppendResult(1, 0)
+    assert buffer.head_seq == 4
+    assert buffer.event_count == 4
+
+
+async def test_reads_from_tail_and_from_disk_give_the_same_events(
+    open_buffer: OpenBuffer, tmp_path: Path
+) -> None:
+    """read_after returns the same ordered, contiguous events from the memory tail and SQLite."""
+    clock = Clock()  # same received_at in both buffers, so whole records compare equal
+    tail = await open_buffer(path=tmp_path / "tail.db", clock=clock)
+    disk = await open_buffer(path=tmp_path / "disk.db", clock=clock, recent_capacity=2)
+    for group in ([1, 2, 3, 4], [5, 6, 7], [8, 9, 10]):
+        await append_numbered(tail, group)
+        await append_numbered(disk, group)
+
+    everything = await tail.read_after("f", 0, 100)
+    assert [e.seq for e in everything] == list(range(1, 11))
+    assert [e.body for e in everything] == [f'{{"n": {n}}}'.encode() for n in range(1, 11)]
+    assert everything[0] == StoredEvent(
+        1, "generated-1", "test.event", clock.now, None, b'{"n": 1}'
+    )
+    for after_seq in range(12):
+        for limit in (1, 3, 100):
+            from_tail = await tail.read_after("f", after_seq, limit)
+            from_disk = await disk.read_after("f", after_seq, limit)
+            assert from_tail == from_disk, (after_seq, limit)
+            assert [e.seq for e in from_tail] == list(range(after_seq + 1, 11))[:limit]
+
+
+@pytest.mark.parametrize("recent_capacity", [20_000, 1], ids=["tail", "disk"])
+async def test_only_forwarder_rows_go_to_that_forwarder_only(
+    open_buffer: OpenBuffer, recent_capacity: int
+) -> None:
+    """A row with only_forwarder set is read by that forwarder and skipped by the others."""
+    buffer = await open_buffer(["a", "b"], recent_capacity=recent_capacity)
+    await buffer.append([record(1), record(2, only="a"), record(3), record(4, only="b")])
+    await append_numbered(buffer, [5])
+
+    assert [e.seq for e in await buffer.read_after("a", 0, 100)] == [1, 2, 3, 5]
+    assert [e.seq for e in await buffer.read_after("b", 0, 100)] == [1, 3, 4, 5]
+    assert [e.seq for e in await buffer.read_after("a", 1, 2)] == [2, 3]
+    assert [e.seq for e in await buffer.read_after("b", 1, 1)] == [3]
+    replay = (await buffer.read_after("a", 1, 1))[0]
+    assert replay.only_forwarder == "a"
+
+
+async def test_concurrent_appends_are_group_committed(open_buffer: OpenBuffer) -> None:
+    """200 concurrent appends all resolve with contiguous seqs in far fewer transactions."""
+    buffer = await open_buffer()
+    statements: list[str] = []
+    assert buffer._writer is not None
+    # SQLite's own statement trace on the writer connection: counts real COMMITs.
+    await buffer._writer.set_trace_callback(statements.append)
+
+    results = await asyncio.gather(*(append_numbered(buffer, [n]) for n in range(200)))
+
+    assert results == [AppendResult(1, 0)] * 200
+    stored = await buffer.read_after("f", 0, 1000)
+    assert [e.seq for e in stored] == list(range(1, 201))
+    assert [e.body for e in stored] == [f'{{"n": {n}}}'.encode() for n in range(200)]
+    assert buffer.head_seq == 200
+    assert buffer.event_count == 200
+    # All 200 are queued before the writer wakes, so they normally share one
+    # transaction; the bound only asks for real sharing (10+ appends per commit).
+    assert 1 <= statements.count("COMMIT") < 20
+
+
+async def test_append_cancelled_while_committing_does_not_kill_the_writer(
+    open_buffer: OpenBuffer,
+) -> None:
+    """A caller cancelled while its append commits does not break later appends."""
+    buffer = await open_buffer()
+    appending = asyncio.create_task(append_numbered(buffer, [1]))
+    await asyncio.sleep(0)  # one loop turn: the task queues its write and awaits the commit
+    appending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await appending
+
+    result = await asyncio.wait_for(append_numbered(buffer, [2]), timeout=10)
+
+    assert result == AppendResult(1, 0)
+    assert buffer.writer_task is not None
+    assert not buffer.writer_task.done()
+    # The cancelled caller's events were committed all the same (at least once).
+    assert [e.body for e in await buffer.read_after("f", 0, 10)] == [b'{"n": 1}', b'{"n": 2}']
+
+
+async def test_wait_beyond_returns_once_a_newer_event_is_committed(
+    open_buffer: OpenBuffer,
+) -> None:
+    """wait_beyond(seq) stays pending through non-event commits and returns on a newer event."""
+    buffer = await open_buffer()
+    await append_numbered(buffer, [1])
+    await asyncio.wait_for(buffer.wait_beyond(0), timeout=5)  # already beyond: returns at once
+
+    waiter = asyncio.create_task(buffer.wait_beyond(1))
+    await buffer.execute([], acks={"f": 1})  # a commit that appends nothing
+    assert not waiter.done()
+
+    await append_numbered(buffer, [2])
+    await asyncio.wait_for(waiter, timeout=5)
+    assert buffer.head_seq == 2
+
+
+# -- durability ------------------------------------------------------------------
+
+
+async def test_events_cursors_and_dedup_ids_survive_reopen(
+    open_buffer: OpenBuffer, tmp_path: Path
+) -> None:
+    """After close and reopen: events, acked cursors and client ids persist; seq continues."""
+    buffer = await open_buffer(["a", "b", "held"])  # "held" stays at 0: nothing is purged
+    await buffer.append([record(1, client_id="client-1"), record(2), record(3)])
+    buffer.ack("a", 2)  # not awaited: committed by the next group (here: close's drain)
+    await buffer.execute([], acks={"b": 1})
+    await buffer.close()
+    await buffer.close()  # a second close is harmless
+    with pytest.raises(BufferUnavailableError) as refused:
+        await append_numbered(buffer, [99])
+    assert refused.value.reason == "shutting_down"
+
+    reopened = await open_buffer(["a", "b", "held"])
+
+    assert reopened.cursor("a") == 2
+    assert reopened.cursor("b") == 1
+    assert reopened.head_seq == 3
+    assert reopened.event_count == 3
+    assert [e.body for e in await reopened.read_after("b", 1, 10)] == [b'{"n": 2}', b'{"n": 3}']
+    duplicate = await reopened.append([record(4, client_id="client-1")])
+    assert duplicate == AppendResult(accepted=1, duplicates=1)
+    await append_numbered(reopened, [5])
+    assert [e.seq for e in await reopened.read_after("a", 2, 10)] == [3, 4]
+    assert reopened.head_seq == 4
+
+
+async def test_seq_is_never_reused_after_everything_was_purged(
+    open_buffer: OpenBuffer, tmp_path: Path
+) -> None:
+    """With every event purged, a reopened buffer still continues above the old head."""
+    path = tmp_path / "buffer.db"
+    buffer = await open_buffer()
+    await append_numbered(buffer, [1, 2, 3])
+    buffer.ack("f", 3)
+    await wait_for(lambda: buffer.event_count == 0, timeout=10, message="events purged")
+    await buffer.close()
+    assert on_disk(path, "SELECT count(*) FROM events") == [(0,)]
+
+    reopened = await open_buffer()
+    assert reopened.head_seq == 3
+    assert reopened.cursor("f") == 3
+    await append_numbered(reopened, [4])
+
+    assert [e.seq for e in await reopened.read_after("f", 3, 10)] == [4]
+    assert on_disk(path, "SELECT seq FROM events") == [(4,)]
+
+
+async def test_synchronous_full_commits_durably(open_buffer: OpenBuffer, tmp_path: Path) -> None:
+    """synchronous="full" is applied to the writer and appends commit and survive reopen."""
+    buffer = await open_buffer(synchronous="full")
+    assert buffer._writer is not None
+    rows = await buffer._writer.execute_fetchall("PRAGMA synchronous")
+    assert next(iter(rows))[0] == 2  # FULL
+    assert await append_numbered(buffer, [1, 2]) == AppendResult(2, 0)
+    await buffer.close()
+
+    reopened = await open_buffer(synchronous="full")
+    assert [e.seq for e in await reopened.read_after("f", 0, 10)] == [1, 2]
+
+
+# -- duplicates ------------------------------------------------------------------
+
+
+async def test_client_ids_are_deduplicated_within_and_across_appends(
+    open_buffer: OpenBuffer, tmp_path: Path
+) -> None:
+    """A client-supplied id is stored once whether repeated in one append, one group, or later."""
+    buffer = await open_buffer()
+    first = await buffer.append(
+        [record(1, client_id="x"), record(2, client_id="x"), record(3, client_id="y")]
+    )
+    later = await buffer.append([record(4, client_id="y"), record(5, client_id="z")])
+    same_group = await asyncio.gather(
+        buffer.append([record(6, client_id="w")]), buffer.append([record(7, client_id="w")])
+    )
+
+    assert first == AppendResult(accepted=3, duplicates=1)
+    assert later == AppendResult(accepted=2, duplicates=1)
+    assert sorted(r.duplicates for r in same_group) == [0, 1]
+    stored = await buffer.read_after("f", 0, 100)
+    assert [e.event_id for e in stored] == ["x", "y", "z", "w"]
+    assert [e.body for e in stored][:3] == [b'{"n": 1}', b'{"n": 3}', b'{"n": 5}']
+    assert [e.seq for e in stored] == [1, 2, 3, 4]
+    assert sorted(on_disk(tmp_path / "buffer.db", "SELECT event_id FROM client_ids")) == [
+        ("w",),
+        ("x",),
+        ("y",),
+        ("z",),
+    ]
+
+
+async def test_generated_ids_are_not_deduplicated(open_buffer: OpenBuffer, tmp_path: Path) -> None:
+    """Events with generated ids are never treated as duplicates, nor remembered as client ids."""
+    buffer = await open_buffer()
+    result = await buffer.append([record(1, event_id="same"), record(2, event_id="same")])
+    again = await buffer.append([record(3, event_id="same")])
+
+    assert result == AppendResult(2, 0)
+    assert again == AppendResult(1, 0)
+    assert [e.seq for e in await buffer.read_after("f", 0, 10)] == [1, 2, 3]
+    assert on_disk(tmp_path / "buffer.db", "SELECT count(*) FROM client_ids") == [(0,)]
+
+
+# -- fan-out and purge -------------------------------------------------------------
+
+
+async def test_events_are_purged_only_after_every_forwarder_passed_them(
+    open_buffer: OpenBuffer, tmp_path: Path
+) -> None:
+    """With forwarders a and b, acking a keeps the events; acking b as well deletes them."""
+    clock = Clock()
+    buffer = await open_buffer(["a", "b"], clock=clock)
+    await append_numbered(buffer, [1, 2, 3])
+
+    clock.advance()  # the purge is due: only the slower cursor holds it back
+    buffer.ack("a", 3)
+    await buffer.execute([])  # a later write: the ack and any purge are committed by now
+    assert buffer.cursor("a") == 3
+    assert buffer.event_count == 3
+    assert [e.seq for e in await buffer.read_after("b", 0, 10)] == [1, 2, 3]
+
+    clock.advance()
+    buffer.ack("b", 2)
+    await wait_for(lambda: buffer.event_count == 1, timeout=10, message="seq 1-2 purged")
+    buffer.ack("b", 3)
+    clock.advance()
+    await wait_for(lambda: buffer.event_count == 0, timeout=10, message="seq 3 purged")
+    assert on_disk(tmp_path / "buffer.db", "SELECT count(*) FROM events") == [(0,)]
+    assert on_disk(tmp_path / "buffer.db", "SELECT name, cursor FROM forwarders ORDER BY name") == [
+        ("a", 3),
+        ("b", 3),
+    ]
+
+
+async def test_registering_forwarders_drops_removed_and_starts_new_at_head(
+    open_buffer: OpenBuffer, tmp_path: Path
+) -> None:
+    """register_forwarders(["a", "c"]) deletes b (no longer holding the purge); c starts at head."""
+    clock = Clock()
+    buffer = await open_buffer(["a", "b"], clock=clock)
+    await append_numbered(buffer, [1, 2, 3])
+    await buffer.execute([], acks={"a": 3})
+    assert buffer.event_count == 3  # b holds them back
+
+    clock.advance()
+    await buffer.register_forwarders(["a", "c"])
+
+    assert buffer.cursor("c") == buffer.head_seq == 3
+    with pytest.raises(KeyError):
+        buffer.cursor("b")
+    assert on_disk(tmp_path / "buffer.db", "SELECT name, cursor FROM forwarders ORDER BY name") == [
+        ("a", 3),
+        ("c", 3),
+    ]
+    await wait_for(lambda: buffer.event_count == 0, timeout=10, message="b's backlog purged")
+    await append_numbered(buffer, [4])
+    assert [e.seq for e in await buffer.read_after("c", buffer.cursor("c"), 10)] == [4]
+
+
+# -- schema ------------------------------------------------------------------------
+
+
+async def test_fresh_file_gets_current_schema_and_incremental_vacuum(
+    open_buffer: OpenBuffer, tmp_path: Path
+) -> None:
+    """A new buffer file has user_version == SCHEMA_VERSION and auto_vacuum = INCREMENTAL."""
+    path = tmp_path / "fresh" / "buffer.db"
+    await open_buffer(path=path)
+
+    assert on_disk(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert on_disk(path, "PRAGMA auto_vacuum") == [(2,)]
+    assert on_disk(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    """A file whose user_version is above SCHEMA_VERSION is refused and left untouched."""
+    path = tmp_path / "buffer.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    buffer = EventBuffer(path)
+
+    with pytest.raises(SchemaTooNewError):
+        await buffer.open(["f"])
+
+    await buffer.close()
+    assert on_disk(path, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
+    assert on_disk(path, "SELECT name FROM sqlite_master") == []
+
+
+async def test_reopening_does_not_rerun_migrations(open_buffer: OpenBuffer, tmp_path: Path) -> None:
+    """Reopening a current file keeps its data; migrate() on it is a no-op returning the version."""
+    path = tmp_path / "buffer.db"
+    buffer = await open_buffer()
+    await append_numbered(buffer, [1])
+    await buffer.close()
+    schema_before = on_disk(path, "SELECT sql FROM sqlite_master ORDER BY name")
+
+    reopened = await open_buffer()
+    assert [e.seq for e in await reopened.read_after("f", 0, 10)] == [1]
+    await reopened.close()
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert migrate(conn) == SCHEMA_VERSION
+    finally:
+        conn.close()
+    assert on_disk(path, "SELECT sql FROM sqlite_master ORDER BY name") == schema_before
+    assert on_disk(path, "SELECT key, value FROM meta") == [("high_water_seq", 1)]
+
+
+# -- failure -------------------------------------------------------------------------
+
+
+async def test_disk_full_fails_the_append_and_stores_nothing(
+    open_buffer: OpenBuffer, tmp_path: Path
+) -> None:
+    """When SQLite cannot grow the file, append fails as buffer_full; a higher limit heals it."""
+    buffer = await open_buffer()
+    await append_numbered(buffer, [1])
+    writer = buffer._writer
+    assert writer is not None
+    page_count = next(iter(await writer.execute_fetchall("PRAGMA page_count")))[0]
+    await writer.execute_fetchall(f"PRAGMA max_page_count = {page_count}")
+    big = EventRecord("big", "test.event", b'{"pad": "' + b"x" * 200_000 + b'"}', False)
+
+    with pytest.raises(BufferUnavailableError) as failed:
+        await buffer.append([record(2), big])
+
+    assert failed.value.reason == "buffer_full"
+    assert buffer.head_seq == 1
+    assert buffer.event_count == 1
+    assert on_disk(tmp_path / "buffer.db", "SELECT seq FROM events") == [(1,)]
+    assert [e.seq for e in await buffer.read_after("f", 0, 10)] == [1]
+
+    await writer.execute_fetchall("PRAGMA max_page_count = 1073741823")
+    assert await buffer.append([record(2), big]) == AppendResult(2, 0)
+    assert [e.seq for e in await buffer.read_after("f", 0, 10)] == [1, 2, 3]
