@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint format check bench clean
+.PHONY: run test test-tools lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,12 @@ run: $(STAMP)
 	./scripts/run-demo.sh
 
 ## test: lint, type-check and run the whole test suite
-test: lint
+test: lint test-tools
 	$(BIN)/pytest
+
+## test-tools: the Debian packages the tests drive (promtool, prometheus)
+test-tools:
+	./scripts/install-test-tools.sh
 
 ## lint: ruff check, ruff format --check, mypy --strict
 lint: $(DEV_STAMP)
