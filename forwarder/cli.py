@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -110,10 +110,19 @@ def _run(path: str) -> int:
     from forwarder.app import Daemon  # imported late: check-config stays light
 
     try:
-        return asyncio.run(Daemon(settings).serve())
+        return _event_loop_runner()(Daemon(settings).serve())
     except ForwarderError as exc:
         print(f"audit-forwarder: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+    """``uvloop.run`` where uvloop is installed (it is a dependency on Linux), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 def _check(path: str) -> int:

@@ -30,10 +30,12 @@ import asyncio
 import email.utils
 import random
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -81,6 +83,19 @@ class OutgoingRequest:
     url: str
     headers: dict[str, str]
     body: bytes
+    proxy: str | None = None
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy that HTTP(S)_PROXY / NO_PROXY name for ``url``.
+
+    Resolved once per forwarder rather than per request (as aiohttp's
+    ``trust_env`` would, with a netrc lookup in a thread each time).
+    """
+    host = urlsplit(url).hostname or ""
+    if host and urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies_environment().get(urlsplit(url).scheme)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -125,6 +140,7 @@ async def send_request(
             request.url,
             data=request.body,
             headers=request.headers,
+            proxy=request.proxy,
             timeout=aiohttp.ClientTimeout(total=timeout_seconds),
             allow_redirects=False,
         ) as answer:
@@ -204,6 +220,7 @@ class DeliveryWorker:
         self._metrics = metrics
         self._clock = clock
         self._backoff = Backoff(spec.retry, rng)
+        self._proxy = proxy_for(spec.uri)
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -229,7 +246,7 @@ class DeliveryWorker:
         self.status.pending += int(count)
         if oldest is not None:
             self.status.oldest_pending_at = oldest
-        self._session = aiohttp.ClientSession(trust_env=True)
+        self._session = aiohttp.ClientSession()
         self._task = asyncio.create_task(self._run(), name=f"deliver-{self.name}")
 
     @property
@@ -319,7 +336,7 @@ class DeliveryWorker:
         if self.spec.token is not None:
             headers["Authorization"] = f"Bearer {self.spec.token.get_secret_value()}"
         body = batch[0].body if len(batch) == 1 else b"[" + b",".join(e.body for e in batch) + b"]"
-        return OutgoingRequest(self.spec.method, self.spec.uri, headers, body)
+        return OutgoingRequest(self.spec.method, self.spec.uri, headers, body, self._proxy)
 
     async def _deliver(self, batch: list[StoredEvent]) -> bool | None:
         """Send until success (True) or dead letter (False); None if stopped first."""
