@@ -44,7 +44,7 @@ format: $(DEV_STAMP)
 
 ## bench: the ingest throughput benchmark (see README, Performance)
 bench: $(STAMP)
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python -m bench.ingest
 
 clean:
 	rm -rf $(VENV) data build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -4,11 +4,13 @@ Starts the real ``audit-forwarder`` process with a configuration written for
 the run (buffer in a temporary directory, one forwarder delivering to a
 counting sink in a separate process, so delivery runs as it would in
 production), then drives ``POST /v1/events`` with an aiohttp client pool of
-keep-alive connections. An aiohttp pool is used rather than wrk because it
-can measure each request's acknowledgement latency and the same client code
-also speaks to the Unix socket.
+keep-alive connections: wrk (C, from Debian's ``wrk`` package) for
+single-event requests over TCP, so the figure measures the daemon rather than
+a Python client competing for the same two cores, and an aiohttp client pool
+for the Unix socket (which wrk cannot reach) and for NDJSON batches, timing
+each request's acknowledgement. Each line says which generator produced it.
 
-Usage: ``python bench/ingest.py [--events N] [--concurrency C] [--synchronous normal|full]``
+Usage: ``python -m bench.ingest [--events N] [--concurrency C] [--synchronous normal|full]``
 Prints one line per scenario and writes ``bench/results/ingest.json``.
 """
 
@@ -19,37 +21,20 @@ import asyncio
 import json
 import os
 import platform
-import signal
+import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
+
+from bench.harness import Daemon, Sink, daemon_config
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = str(Path(sys.executable).with_name("audit-forwarder"))
-EVENT_PAD = "x" * 380  # makes each event ~500 bytes, like a real audit event
-
-SINK = """
-import sys
-from aiohttp import web
-count = 0
-async def sink(request):
-    global count
-    await request.read()
-    count += 1
-    return web.Response(status=200)
-async def total(request):
-    return web.json_response({"requests": count})
-app = web.Application(client_max_size=64 * 1024 * 1024)
-app.router.add_get("/count", total)
-app.router.add_route("*", "/{tail:.*}", sink)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
-"""
+EVENT_PAD = "x" * 380
+WRK_SECONDS = 10  # makes each event ~500 bytes, like a real audit event
 
 
 def event(n: int) -> bytes:
@@ -61,30 +46,6 @@ def event(n: int) -> bytes:
             "data": {"request_id": f"req_{n}", "decision": "approved", "pad": EVENT_PAD},
         }
     ).encode()
-
-
-def free_port() -> int:
-    """A free loopback TCP port for the sink."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def wait_ready(url: str) -> None:
-    """Poll /readyz until 200 (30 s deadline)."""
-    deadline = time.monotonic() + 30
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(url) as answer:
-                    if answer.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} never answered 200")
 
 
 async def drive(
@@ -126,6 +87,52 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[%s]]
+"""
+
+
+async def drive_wrk(url: str, body: bytes, concurrency: int, seconds: int) -> dict[str, Any]:
+    """Single-event load with wrk (C, keep-alive): acknowledged events/s and latency."""
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(WRK_SCRIPT % body.decode())
+    process = await asyncio.create_subprocess_exec(
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(script),
+        f"{url}/v1/events",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    out = (await process.communicate())[0].decode()
+    script.unlink()
+    figures: dict[str, Any] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            figures["events_per_second"] = round(float(parts[1]))
+        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
+            figures[f"ack_p{parts[0][:2]}_ms"] = _milliseconds(parts[1])
+        elif "requests in" in line:
+            figures["requests"] = int(parts[0])
+        elif line.strip().startswith("Non-2xx"):
+            raise RuntimeError(f"ingest refused requests: {line.strip()}")
+    return figures
+
+
+def _milliseconds(text: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return round(float(text[: -len(unit)]) * factor, 2)
+    raise ValueError(text)
+
+
 async def scenario(
     name: str,
     tmp: Path,
@@ -135,63 +142,50 @@ async def scenario(
     content_type: str,
     concurrency: int,
     transport: str,
+    deliver: bool,
 ) -> dict[str, Any]:
-    """Run one scenario against a fresh daemon and buffer; return its figures."""
-    sink_port = free_port()
-    sink = subprocess.Popen([sys.executable, "-c", SINK, str(sink_port)])
-    work = tmp / name
-    work.mkdir()
-    config = {
-        "ingest": {"host": "127.0.0.1", "port": 0, "unixSocket": str(work / "ingest.sock")},
-        "buffer": {"path": str(work / "buffer.db"), "synchronous": synchronous},
-        "metrics": {"host": "127.0.0.1", "port": 0},
-        "logging": {"level": "warning", "format": "json"},
-        "auditLogForwarders": [{"kind": "webhook", "uri": f"http://127.0.0.1:{sink_port}/in"}],
-    }
-    (work / "config.yaml").write_text(yaml.safe_dump(config))
-    log_path = work / "daemon.log"
-    with log_path.open("wb") as out:
-        daemon = subprocess.Popen(
-            [CLI, "run", "--config", str(work / "config.yaml")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "AUDIT_FORWARDER_LOGGING__LEVEL": "info"},
-        )
+    """Run one scenario against a fresh daemon, buffer and sink; return its figures."""
+    work = tmp / f"{name}-{synchronous}"
+    sink = Sink(work / "sink").start()
+    config = daemon_config(
+        work,
+        sink.url if deliver else "http://127.0.0.1:9/unreachable",
+        retry={"initialBackoffSeconds": 3600, "maxBackoffSeconds": 3600},
+    )
+    config["buffer"]["synchronous"] = synchronous
+    daemon = Daemon(work, config)
     try:
-        started_line: dict[str, Any] = {}
-        deadline = time.monotonic() + 30
-        while not started_line and time.monotonic() < deadline:
-            for line in log_path.read_text().splitlines():
-                entry = json.loads(line)
-                if entry.get("event") == "daemon_started":
-                    started_line = entry
-            await asyncio.sleep(0.05)
-        tcp = next(a for a in started_line["ingest"] if not a.startswith("unix:"))
-        await wait_ready(f"http://{started_line['metrics'][0]}/readyz")
-        elapsed, latencies = await drive(
-            f"http://{tcp}",
-            bodies,
-            content_type,
-            concurrency,
-            str(work / "ingest.sock") if transport == "unix" else None,
-        )
+        await daemon.start()
+        if transport == "tcp" and events_per_body == 1 and shutil.which("wrk"):
+            figures = await drive_wrk(daemon.ingest_url, bodies[0], concurrency, WRK_SECONDS)
+            generator = "wrk"
+        else:
+            elapsed, latencies = await drive(
+                daemon.ingest_url,
+                bodies,
+                content_type,
+                concurrency,
+                daemon.socket_path if transport == "unix" else None,
+            )
+            figures = {
+                "requests": len(bodies),
+                "events_per_second": round(len(bodies) * events_per_body / elapsed),
+                "ack_p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+                "ack_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+            }
+            generator = "aiohttp"
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
-        sink.terminate()
-        sink.wait(timeout=10)
-    events = len(bodies) * events_per_body
+        daemon.stop()
+        sink.stop()
     return {
         "scenario": name,
         "transport": transport,
         "synchronous": synchronous,
-        "events": events,
-        "requests": len(bodies),
+        "events": figures["requests"] * events_per_body,
         "concurrency": concurrency,
-        "seconds": round(elapsed, 3),
-        "events_per_second": round(events / elapsed),
-        "ack_p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
-        "ack_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "generator": generator,
+        "sink": sink.kind if deliver else "none (delivery paused)",
+        **figures,
     }
 
 
@@ -201,6 +195,11 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
+    parser.add_argument(
+        "--no-deliver",
+        action="store_true",
+        help="point the forwarder at a closed port so only ingest runs (events stay pending)",
+    )
     args = parser.parse_args()
 
     singles = [event(n) for n in range(args.events)]
@@ -224,13 +223,15 @@ async def main() -> None:
                 content_type,
                 concurrency,
                 transport,
+                not args.no_deliver,
             )
             results.append(result)
             print(
                 f"{result['scenario']:<20} {result['events_per_second']:>9,} events/s acknowledged"
                 f"  p50 {result['ack_p50_ms']:>7.2f} ms  p99 {result['ack_p99_ms']:>7.2f} ms"
                 f"  ({result['events']:,} events, {result['requests']:,} requests,"
-                f" {result['concurrency']} clients, synchronous={result['synchronous']})",
+                f" {result['concurrency']} clients, {result['generator']},"
+                f" sink {result['sink']}, synchronous={result['synchronous']})",
                 flush=True,
             )
     machine = {

@@ -35,12 +35,10 @@ import re
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -57,6 +55,10 @@ from pydantic_settings import (
 )
 
 from forwarder.errors import ConfigError, ConfigProblem
+from forwarder.options import Model as _Model
+from forwarder.options import RetryConfig, WebhookForwarderConfig
+
+__all__ = ["RetryConfig", "Settings", "WebhookForwarderConfig", "load_config", "parse_config"]
 
 ENV_PREFIX = "AUDIT_FORWARDER_"
 # 0 asks the kernel for a free port; the bound address is logged at startup.
@@ -66,18 +68,6 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 # Limits of a document, counting every use of a YAML alias (see the module docstring).
 MAX_VALUES = 10_000
 MAX_DEPTH = 32
-
-
-class _Model(BaseModel):
-    """Base for every section: camelCase aliases, unknown keys rejected, immutable."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        extra="forbid",
-        frozen=True,
-    )
 
 
 class IngestConfig(_Model):
@@ -130,60 +120,6 @@ class LoggingConfig(_Model):
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
-
-
-class RetryConfig(_Model):
-    """Backoff between delivery attempts: exponential with full jitter."""
-
-    initial_backoff_seconds: PositiveFloat = 1.0
-    max_backoff_seconds: PositiveFloat = 300.0
-
-    @model_validator(mode="after")
-    def _ordered(self) -> RetryConfig:
-        if self.max_backoff_seconds < self.initial_backoff_seconds:
-            raise ValueError("maxBackoffSeconds must be >= initialBackoffSeconds")
-        return self
-
-
-class WebhookForwarderConfig(_Model):
-    """One entry of ``auditLogForwarders``: Chainloop's shape plus our options."""
-
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    kind: Literal["webhook"]
-    uri: str
-    token: SecretStr | None = None
-    token_file: Path | None = None
-    method: Literal["POST", "PUT", "PATCH"] = "POST"
-    timeout_seconds: PositiveFloat = 5.0
-    retry: RetryConfig = RetryConfig()
-
-    @field_validator("method", mode="before")
-    @classmethod
-    def _upper(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
-
-    @field_validator("uri")
-    @classmethod
-    def _absolute_http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http:// or https:// URL")
-        try:
-            _ = parts.port
-        except ValueError as exc:
-            raise ValueError(f"invalid port: {exc}") from None
-        return value
-
-    @model_validator(mode="after")
-    def _one_token_source(self) -> WebhookForwarderConfig:
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("set token or tokenFile, not both")
-        return self
-
-    @property
-    def host(self) -> str:
-        """The receiver's host (and port if explicit): safe to log and show."""
-        return urlsplit(self.uri).netloc.rpartition("@")[2]
 
 
 class Settings(BaseSettings):
