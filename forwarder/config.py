@@ -77,11 +77,14 @@ class IngestConfig(_Model):
     port: Port | None = 8686
     unix_socket: Path | None = None
     token: SecretStr | None = None
+    token_file: Path | None = None
     max_request_bytes: PositiveInt = 10 * 1024 * 1024
     max_event_bytes: PositiveInt = 1024 * 1024
 
     @model_validator(mode="after")
     def _some_listener(self) -> IngestConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set token or tokenFile, not both")
         if self.port is None and self.unix_socket is None:
             raise ValueError("at least one of port and unixSocket must be set")
         if self.max_event_bytes > self.max_request_bytes:
@@ -94,6 +97,7 @@ class BufferConfig(_Model):
 
     path: Path = Path("./data/buffer.db")
     synchronous: Literal["normal", "full"] = "normal"
+    max_bytes: PositiveInt | None = None  # None: bounded only by the disk
     retention_hours: PositiveFloat = 168.0
     history_max_rows: PositiveInt = 100_000
 
@@ -174,7 +178,9 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value of this configuration, for log redaction."""
-        values = [spec.token for spec in self.audit_log_forwarders] + [self.ingest.token]
+        values = [self.ingest.token]
+        for spec in self.audit_log_forwarders:
+            values += [spec.token, spec.signing_secret]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
 
@@ -335,30 +341,39 @@ def parse_config(document: Any) -> Settings:
         # An AUDIT_FORWARDER_* variable for a whole section that is not valid JSON.
         reason = f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc)
         raise ConfigError([ConfigProblem("", f"environment override: {reason}")]) from None
-    return _resolve_token_files(settings)
+    return _resolve_secret_files(settings)
 
 
-def _resolve_token_files(settings: Settings) -> Settings:
+def _read_secret_file(path: Path, where: str, problems: list[ConfigProblem]) -> SecretStr | None:
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        problems.append(ConfigProblem(where, f"cannot read {path}: {reason}"))
+        return None
+    if not secret:
+        problems.append(ConfigProblem(where, "the file is empty"))
+        return None
+    return SecretStr(secret)
+
+
+def _resolve_secret_files(settings: Settings) -> Settings:
+    """Read every ``*File`` secret (Kubernetes Secret mounts) into its field."""
     problems: list[ConfigProblem] = []
+    pairs: list[tuple[Any, str, str, str]] = [
+        (settings.ingest, "token_file", "token", "ingest.tokenFile")
+    ]
     for index, spec in enumerate(settings.audit_log_forwarders):
-        if spec.token_file is None:
+        where = f"auditLogForwarders[{index}]"
+        pairs.append((spec, "token_file", "token", f"{where}.tokenFile"))
+        pairs.append((spec, "signing_secret_file", "signing_secret", f"{where}.signingSecretFile"))
+    for model, file_field, value_field, where in pairs:
+        path = getattr(model, file_field)
+        if path is None:
             continue
-        try:
-            token = spec.token_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(
-                ConfigProblem(
-                    f"auditLogForwarders[{index}].tokenFile",
-                    f"cannot read {spec.token_file}: {getattr(exc, 'strerror', None) or exc}",
-                )
-            )
-            continue
-        if not token:
-            problems.append(
-                ConfigProblem(f"auditLogForwarders[{index}].tokenFile", "the file is empty")
-            )
-            continue
-        object.__setattr__(spec, "token", SecretStr(token))
+        secret = _read_secret_file(path, where, problems)
+        if secret is not None:
+            object.__setattr__(model, value_field, secret)
     if problems:
         raise ConfigError(problems)
     return settings
