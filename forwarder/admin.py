@@ -26,10 +26,11 @@ import orjson
 from aiohttp import web
 
 from forwarder.buffer import EventBuffer, StoredEvent
-from forwarder.delivery import DeliveryWorker, OutgoingRequest, send_request
+from forwarder.delivery import DeliveryWorker
 from forwarder.errors import DeliveryError, IngestError
 from forwarder.ids import IdGenerator
 from forwarder.ingest import check_token
+from forwarder.sending import OutgoingRequest, send_request
 
 MAX_HISTORY_LIMIT = 1000
 DEFAULT_HISTORY_LIMIT = 20

@@ -27,22 +27,18 @@ events simply stay pending for the next start.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import random
 import time
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
-from forwarder import __version__
 from forwarder.buffer import EventBuffer, StoredEvent
-from forwarder.config import RetryConfig, WebhookForwarderConfig
+from forwarder.config import WebhookForwarderConfig
 from forwarder.errors import (
     BufferUnavailableError,
     DeliveryError,
@@ -51,140 +47,24 @@ from forwarder.errors import (
 )
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics
+from forwarder.sending import (
+    RESPONSE_BODY_LIMIT,
+    USER_AGENT,
+    Backoff,
+    OutgoingRequest,
+    Response,
+    proxy_for,
+    send_request,
+)
 
 log = get_logger("delivery")
 
-USER_AGENT = f"audit-forwarder/{__version__.split('.')[0]}.0"
-RESPONSE_BODY_LIMIT = 4096
 READ_AHEAD = 512
-RETRYABLE_STATUSES = frozenset({408, 429})
 INSERT_ATTEMPT = (
     "INSERT INTO delivery_attempts (forwarder, attempted_at, attempt, events, event_ids,"
     " outcome, code, status, duration_ms, error, response_body)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """What a receiver answered to one successful request."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    duration: float
-
-
-@dataclass(frozen=True, slots=True)
-class OutgoingRequest:
-    """A request ready to send (and to resend unchanged on retry)."""
-
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    proxy: str | None = None
-
-
-def proxy_for(url: str) -> str | None:
-    """The proxy that HTTP(S)_PROXY / NO_PROXY name for ``url``.
-
-    Resolved once per forwarder rather than per request (as aiohttp's
-    ``trust_env`` would, with a netrc lookup in a thread each time).
-    """
-    host = urlsplit(url).hostname or ""
-    if host and urllib.request.proxy_bypass(host):
-        return None
-    return urllib.request.getproxies_environment().get(urlsplit(url).scheme)
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    # isdigit() alone accepts "²", which float() rejects (a ValueError would kill the worker).
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
-    """Up to ``limit`` bytes of a body, however many chunks they arrive in."""
-    chunks: list[bytes] = []
-    remaining = limit
-    while remaining > 0:
-        chunk = await stream.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-async def send_request(
-    session: aiohttp.ClientSession, request: OutgoingRequest, timeout_seconds: float
-) -> Response:
-    """Send one request; return the 2xx answer or raise a DeliveryError.
-
-    This is the only place that knows about aiohttp's exceptions.
-    """
-    started = time.monotonic()
-    try:
-        async with session.request(
-            request.method,
-            request.url,
-            data=request.body,
-            headers=request.headers,
-            proxy=request.proxy,
-            timeout=aiohttp.ClientTimeout(total=timeout_seconds),
-            allow_redirects=False,
-        ) as answer:
-            body = await _read_prefix(answer.content, RESPONSE_BODY_LIMIT)
-            status = answer.status
-            headers = {str(name): value for name, value in answer.headers.items()}
-            # Looked up case-insensitively: dict() keeps the case as received.
-            retry_after_value = answer.headers.get(aiohttp.hdrs.RETRY_AFTER)
-    except TimeoutError:
-        raise RetryableDeliveryError("timeout", f"no answer within {timeout_seconds:g} s") from None
-    except aiohttp.ClientError as exc:
-        raise RetryableDeliveryError("connection_error", f"{type(exc).__name__}: {exc}") from None
-    duration = time.monotonic() - started
-    if 200 <= status < 300:
-        return Response(status, headers, body, duration)
-    message = f"HTTP {status}"
-    if status in RETRYABLE_STATUSES or status >= 500:
-        retry_after = parse_retry_after(retry_after_value, time.time())
-        raise RetryableDeliveryError(
-            str(status), message, status=status, body=body, retry_after=retry_after
-        )
-    raise PermanentDeliveryError(str(status), message, status=status, body=body)
-
-
-class Backoff:
-    """Exponential backoff with full jitter: ``uniform(0, min(cap, initial * 2**n))``."""
-
-    def __init__(self, policy: RetryConfig, rng: Callable[[], float] = random.random) -> None:
-        self._policy = policy
-        self._rng = rng
-
-    def delay(self, failures: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after the ``failures``-th failed attempt of a request (1-based).
-
-        A ``Retry-After`` is a lower bound: the wait is the larger of it and the
-        jittered backoff, so ``Retry-After: 0`` cannot drive a tight loop; both
-        are capped at ``maxBackoffSeconds``.
-        """
-        cap = self._policy.max_backoff_seconds
-        ceiling = min(cap, self._policy.initial_backoff_seconds * 2.0 ** min(failures - 1, 60))
-        jittered = float(self._rng()) * ceiling
-        if retry_after is not None:
-            return min(max(retry_after, jittered), cap)
-        return jittered
 
 
 @dataclass

@@ -20,17 +20,17 @@ from prometheus_client import CollectorRegistry
 
 from forwarder.buffer import EventBuffer, EventRecord
 from forwarder.config import RetryConfig, WebhookForwarderConfig
-from forwarder.delivery import (
+from forwarder.delivery import DeliveryWorker
+from forwarder.errors import RetryableDeliveryError
+from forwarder.ids import IdGenerator
+from forwarder.metrics import Metrics
+from forwarder.sending import (
     USER_AGENT,
     Backoff,
-    DeliveryWorker,
     OutgoingRequest,
     parse_retry_after,
     send_request,
 )
-from forwarder.errors import RetryableDeliveryError
-from forwarder.ids import IdGenerator
-from forwarder.metrics import Metrics
 from tests.conftest import ReceiverFactory
 from tests.support import Reply, ScriptedReceiver, wait_for
 
