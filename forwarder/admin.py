@@ -25,14 +25,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from forwarder import dead_letters
 from forwarder.buffer import EventBuffer, StoredEvent
 from forwarder.delivery import DeliveryWorker
 from forwarder.errors import DeliveryError, IngestError
 from forwarder.ids import IdGenerator
 from forwarder.ingest import check_token
+from forwarder.logs import get_logger
 from forwarder.sending import OutgoingRequest, send_request
 
+log = get_logger("admin")
+
 MAX_HISTORY_LIMIT = 1000
+MAX_SELECTION_BYTES = 64 * 1024
+MAX_SELECTED_IDS = 500
 DEFAULT_HISTORY_LIMIT = 20
 SECRET_HEADERS = frozenset({"authorization", "dd-api-key", "x-api-key", "x-splunk-token"})
 
@@ -178,11 +184,11 @@ def test_event(context: AdminContext, forwarder: str) -> StoredEvent:
     return StoredEvent(0, event_id, "forwarder.test", now, None, body)
 
 
-def describe_request(request: OutgoingRequest) -> dict[str, Any]:
-    """The request as the admin API shows it, secrets masked."""
+def describe_request(request: OutgoingRequest, display_url: str) -> dict[str, Any]:
+    """The request as the admin API shows it, secrets masked (query token included)."""
     return {
         "method": request.method,
-        "url": request.url,
+        "url": display_url,
         "headers": mask_headers(request.headers),
         "body": request.body.decode("utf-8", "replace"),
     }
@@ -191,13 +197,18 @@ def describe_request(request: OutgoingRequest) -> dict[str, Any]:
 async def test_forwarder(request: web.Request, context: AdminContext) -> web.Response:
     """``POST /v1/forwarders/{name}/test``: send a test event, return the invocation."""
     worker = _worker(request, context)
-    outgoing = worker.build_request([test_event(context, worker.name)])
+    outgoing = worker.requests.build([test_event(context, worker.name)], time.time()).request
     session = worker.session
-    result: dict[str, Any] = {"forwarder": worker.name, "request": describe_request(outgoing)}
+    result: dict[str, Any] = {
+        "forwarder": worker.name,
+        "request": describe_request(outgoing, worker.requests.display_url),
+    }
     if session is None:
         return _error(503, "shutting_down", "the forwarder is stopping")
     try:
-        response = await send_request(session, outgoing, worker.spec.timeout_seconds)
+        response = await send_request(
+            session, outgoing, worker.spec.timeout_seconds, worker.spec.response_validators
+        )
     except DeliveryError as exc:
         result["ok"] = False
         result["response"] = (
@@ -216,6 +227,62 @@ async def test_forwarder(request: web.Request, context: AdminContext) -> web.Res
     }
     result["error"] = None
     return _json(result)
+
+
+async def _selection(request: web.Request) -> tuple[str | None, list[str], bool]:
+    """``{"forwarder": str?, "ids": [str]?, "all": bool?}`` from a JSON body (may be empty)."""
+    raw = await request.read()
+    if len(raw) > MAX_SELECTION_BYTES:
+        raise IngestError(413, "too_large", "the selection is too large")
+    try:
+        document = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise IngestError(400, "malformed", f"malformed JSON: {exc}") from None
+    if not isinstance(document, dict) or set(document) - {"forwarder", "ids", "all"}:
+        raise IngestError(400, "malformed", 'expected {"forwarder": ..., "ids": [...], "all": ...}')
+    forwarder, ids, everything = (
+        document.get("forwarder"),
+        document.get("ids", []),
+        document.get("all", False),
+    )
+    if forwarder is not None and not isinstance(forwarder, str):
+        raise IngestError(400, "malformed", "forwarder must be a string")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise IngestError(400, "malformed", "ids must be a list of strings")
+    if len(ids) > MAX_SELECTED_IDS:
+        raise IngestError(400, "malformed", f"at most {MAX_SELECTED_IDS} ids per call")
+    if not isinstance(everything, bool):
+        raise IngestError(400, "malformed", "all must be true or false")
+    return forwarder, ids, everything
+
+
+async def get_dead_letters(request: web.Request, context: AdminContext) -> web.Response:
+    """``GET /v1/dead-letters?forwarder=NAME&limit=N``: newest first, with the total."""
+    limit = _limit(request)
+    payload = await dead_letters.list_dead_letters(
+        context.buffer, request.query.get("forwarder"), limit
+    )
+    return _json(payload)
+
+
+async def replay_dead_letters(request: web.Request, context: AdminContext) -> web.Response:
+    """``POST /v1/dead-letters/replay``: back into the forwarder's queue."""
+    forwarder, ids, _ = await _selection(request)
+    if forwarder is not None and forwarder not in context.workers():
+        raise IngestError(404, "unknown_forwarder", f"no forwarder named {forwarder!r}")
+    result = await dead_letters.replay(context.buffer, set(context.workers()), forwarder, ids)
+    log.info("dead_letters_replayed", forwarder=forwarder, **result)
+    return _json(result)
+
+
+async def purge_dead_letters(request: web.Request, context: AdminContext) -> web.Response:
+    """``POST /v1/dead-letters/purge``: delete; needs a forwarder, ids, or ``all: true``."""
+    forwarder, ids, everything = await _selection(request)
+    if forwarder is None and not ids and not everything:
+        raise IngestError(400, "malformed", 'say which: "forwarder", "ids", or "all": true')
+    purged = await dead_letters.purge(context.buffer, forwarder, ids)
+    log.info("dead_letters_purged", forwarder=forwarder, purged=purged)
+    return _json({"purged": purged})
 
 
 def add_admin_routes(app: web.Application, context: AdminContext, transport: str) -> None:
@@ -238,3 +305,6 @@ def add_admin_routes(app: web.Application, context: AdminContext, transport: str
     app.router.add_get("/v1/forwarders", guarded(list_forwarders))
     app.router.add_get("/v1/forwarders/{name}/deliveries", guarded(list_deliveries))
     app.router.add_post("/v1/forwarders/{name}/test", guarded(test_forwarder))
+    app.router.add_get("/v1/dead-letters", guarded(get_dead_letters))
+    app.router.add_post("/v1/dead-letters/replay", guarded(replay_dead_letters))
+    app.router.add_post("/v1/dead-letters/purge", guarded(purge_dead_letters))

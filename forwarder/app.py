@@ -59,10 +59,16 @@ class Daemon:
             self.buffer,
             settings.buffer.retention_hours * 3600,
             settings.buffer.history_max_rows,
-            lambda: list(self.workers),
+            self._gauges,
         )
         self.probes = ProbeState(self.metrics, ping_database=self.buffer.ping)
-        self.ingest = IngestContext(self.buffer, settings.ingest, self.metrics, IdGenerator())
+        self.ingest = IngestContext(
+            self.buffer,
+            settings.ingest,
+            self.metrics,
+            IdGenerator(),
+            max_buffer_bytes=settings.buffer.max_bytes,
+        )
         self.admin = AdminContext(
             lambda: self.workers, self.buffer, self.ingest.ids, self._ingest_token
         )

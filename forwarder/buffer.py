@@ -89,6 +89,7 @@ class AppendResult:
 class _Append:
     records: Sequence[EventRecord]
     future: asyncio.Future[AppendResult]
+    statements: list[tuple[str, Sequence[Sequence[Any]]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -155,6 +156,8 @@ class EventBuffer:
         self._last_vacuum = 0.0
         self._last_dedup_purge = 0.0
         self._vacuum_wanted = True
+        self._size_checked_at = 0.0
+        self._size_seen = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -169,6 +172,9 @@ class EventBuffer:
         await self._writer.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
         await self._writer.execute("PRAGMA busy_timeout = 5000")
         await self._writer.execute("PRAGMA cache_size = -8000")
+        # After a checkpoint the WAL file is cut back to this size instead of
+        # keeping its peak: buffer.maxBytes and buffer_bytes count it.
+        await self._writer.execute("PRAGMA journal_size_limit = 16777216")
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.execute("PRAGMA query_only = 1")
         await self._reader.execute("PRAGMA cache_size = -8000")
@@ -238,6 +244,16 @@ class EventBuffer:
         """The committed cursor of ``forwarder``."""
         return self._cursors[forwarder]
 
+    def is_full(self, limit: int | None) -> bool:
+        """Whether the file (plus WAL) has reached ``limit`` bytes; stat at most every 50 ms."""
+        if limit is None:
+            return False
+        now = time.monotonic()
+        if now - self._size_checked_at >= 0.05:
+            self._size_checked_at = now
+            self._size_seen = self.size_bytes()
+        return self._size_seen >= limit
+
     def size_bytes(self) -> int:
         """Bytes on disk: the database file plus its WAL."""
         total = 0
@@ -274,10 +290,18 @@ class EventBuffer:
             raise BufferUnavailableError("shutting_down", "the buffer is not accepting writes")
         self._queue.put_nowait(op)
 
-    async def append(self, records: Sequence[EventRecord]) -> AppendResult:
-        """Store ``records`` atomically; return once they are committed."""
+    async def append(
+        self,
+        records: Sequence[EventRecord],
+        statements: list[tuple[str, Sequence[Sequence[Any]]]] | None = None,
+    ) -> AppendResult:
+        """Store ``records`` atomically; return once they are committed.
+
+        ``statements`` run in the same transaction (a dead-letter replay deletes
+        the rows it re-queues, so an event is never in both places or neither).
+        """
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._submit(_Append(records, future))
+        self._submit(_Append(records, future, statements or []))
         return await future
 
     def ack(self, forwarder: str, seq: int) -> None:
@@ -373,6 +397,9 @@ class EventBuffer:
         if appends:
             await self._write_appends(conn, appends, group, now)
         for op in group.ops:
+            if isinstance(op, _Append):
+                for sql, rows in op.statements:
+                    await conn.executemany(sql, rows)
             if isinstance(op, _Statements):
                 for sql, rows in op.statements:
                     await conn.executemany(sql, rows)

@@ -23,6 +23,7 @@ from urllib.parse import quote
 from forwarder import __version__
 from forwarder.client import (
     AdminClient,
+    format_dead_letters,
     format_deliveries,
     format_status,
     format_test,
@@ -83,6 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(send)
     _add_json(send)
     send.add_argument("file", nargs="?", default="-", help="a file, or - for stdin (default)")
+
+    dead = commands.add_parser("dead-letters", help="list, replay or purge dead letters")
+    dead_commands = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("list", "show dead letters, newest first"),
+        ("replay", "put dead letters back into their forwarder's queue"),
+        ("purge", "delete dead letters"),
+    ):
+        sub = dead_commands.add_parser(action, help=text)
+        _add_config(sub)
+        _add_json(sub)
+        sub.add_argument("--forwarder", help="only this forwarder's dead letters")
+        if action == "list":
+            sub.add_argument("--limit", type=int, default=50, help="newest N (max 1000)")
+        else:
+            sub.add_argument(
+                "--id", dest="ids", action="append", default=[], help="an event id (repeatable)"
+            )
+        if action == "purge":
+            sub.add_argument("--all", action="store_true", help="purge every dead letter")
 
     commands.add_parser("version", help="print the version")
     return parser
@@ -164,9 +185,33 @@ async def _operator(args: argparse.Namespace, settings: Settings) -> tuple[Any, 
     if args.command == "test":
         payload = await client.request("POST", f"/v1/forwarders/{quote(args.name, safe='')}/test")
         return payload, format_test(payload)
+    if args.command == "dead-letters":
+        return await _dead_letters(client, args)
     data = _read_input(args.file)
     payload = await client.request("POST", "/v1/events", data, guess_content_type(data))
     return payload, f"accepted {payload['accepted']} event(s), {payload['duplicates']} duplicate(s)"
+
+
+async def _dead_letters(client: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
+    if args.action == "list":
+        query = f"?limit={args.limit}"
+        if args.forwarder:
+            query += f"&forwarder={quote(args.forwarder, safe='')}"
+        payload = await client.request("GET", f"/v1/dead-letters{query}")
+        return payload, format_dead_letters(payload)
+    selection: dict[str, Any] = {"ids": args.ids}
+    if args.forwarder:
+        selection["forwarder"] = args.forwarder
+    if args.action == "purge":
+        selection["all"] = args.all
+    body = json.dumps(selection).encode()
+    payload = await client.request("POST", f"/v1/dead-letters/{args.action}", body)
+    if args.action == "replay":
+        text = f"replayed {payload['replayed']} dead letter(s)"
+        if payload["skipped_unknown_forwarder"]:
+            text += f", skipped {payload['skipped_unknown_forwarder']} of removed forwarders"
+        return payload, text
+    return payload, f"purged {payload['purged']} dead letter(s)"
 
 
 def _operator_command(args: argparse.Namespace) -> int:
@@ -196,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "receiver":
         return _receiver(args.host, args.port, args.status)
-    if args.command in ("status", "deliveries", "test", "send"):
+    if args.command in ("status", "deliveries", "test", "send", "dead-letters"):
         return _operator_command(args)
     print(f"audit-forwarder {__version__}")
     return EXIT_OK

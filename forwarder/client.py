@@ -176,3 +176,22 @@ def format_test(payload: dict[str, Any]) -> str:
     if error:
         lines.append(f"error: {error['code']}: {error['message']}")
     return "\n".join(lines)
+
+
+def format_dead_letters(payload: dict[str, Any]) -> str:
+    """The ``dead-letters list`` table, newest first, with the total."""
+    rows = [
+        (
+            d["id"],
+            d["forwarder"],
+            d["event_id"],
+            d["event_type"],
+            d["code"],
+            (d["reason"] or "")[:50] or None,
+            (d["response_body"] or "")[:40].replace("\n", " ") or None,
+        )
+        for d in payload["dead_letters"]
+    ]
+    headers = ("ID", "FORWARDER", "EVENT ID", "TYPE", "CODE", "REASON", "RESPONSE")
+    shown = len(rows)
+    return f"{table(headers, rows)}\n({shown} shown of {payload['total']})"

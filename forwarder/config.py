@@ -30,11 +30,13 @@ Design decisions:
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -54,9 +56,13 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from forwarder.auth import check_token
 from forwarder.errors import ConfigError, ConfigProblem
 from forwarder.options import Model as _Model
 from forwarder.options import RetryConfig, WebhookForwarderConfig
+from forwarder.signing import check_secret
+from forwarder.templates import compile_template
+from forwarder.transport import check_tls, is_private
 
 __all__ = ["RetryConfig", "Settings", "WebhookForwarderConfig", "load_config", "parse_config"]
 
@@ -341,7 +347,7 @@ def parse_config(document: Any) -> Settings:
         # An AUDIT_FORWARDER_* variable for a whole section that is not valid JSON.
         reason = f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc)
         raise ConfigError([ConfigProblem("", f"environment override: {reason}")]) from None
-    return _resolve_secret_files(settings)
+    return _check_forwarders(_resolve_secret_files(settings))
 
 
 def _read_secret_file(path: Path, where: str, problems: list[ConfigProblem]) -> SecretStr | None:
@@ -377,6 +383,47 @@ def _resolve_secret_files(settings: Settings) -> Settings:
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _check_forwarders(settings: Settings) -> Settings:
+    """Checks that need resolved secrets or files: they fail check-config, not deliveries."""
+    problems: list[ConfigProblem] = []
+    for index, spec in enumerate(settings.audit_log_forwarders):
+        where = f"auditLogForwarders[{index}]"
+        token_problem = check_token(spec)
+        if token_problem:
+            problems.append(ConfigProblem(f"{where}.token", token_problem))
+        if spec.signing_secret is not None:
+            secret_problem = check_secret(spec.signing_secret.get_secret_value())
+            if secret_problem:
+                problems.append(ConfigProblem(f"{where}.signingSecret", secret_problem))
+        tls_problem = check_tls(spec.tls)
+        if tls_problem:
+            problems.append(ConfigProblem(f"{where}.tls", tls_problem))
+        if spec.template is not None:
+            try:
+                compile_template(spec.template)
+            except ValueError as exc:
+                problems.append(ConfigProblem(f"{where}.template", str(exc)))
+        host = urlsplit(spec.uri).hostname or ""
+        if spec.deny_private_networks and _is_ip(host) and is_private(host):
+            problems.append(
+                ConfigProblem(
+                    f"{where}.uri",
+                    f"{host} is a private address and denyPrivateNetworks is true",
+                )
+            )
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def load_config(path: str | Path) -> Settings:

@@ -19,6 +19,15 @@ behind a failing batch is sent until it succeeds or is dead-lettered. Workers
 share nothing but the buffer, so a dead receiver never slows another
 forwarder or ingest.
 
+Batches: events the forwarder's filter refuses are skipped (their seqs are
+acknowledged with the next ack, so they never hold back the cleanup); the
+rest are grouped until ``batch.maxEvents``, ``batch.maxBytes`` of encoded body
+or ``batch.maxWaitMs`` is reached. A 413 answer splits a batch in halves that
+are delivered in order; a single event that still gets 413 is dead-lettered.
+``retry.maxAttempts`` / ``retry.maxAgeSeconds`` turn an endless retry into a
+dead letter. A disabled forwarder sends nothing and its cursor follows the
+head, so it never holds events (they are not delivered to it later).
+
 On stop, a request already in flight may finish within the grace period (its
 ack is then committed); a worker waiting in backoff stops at once, and its
 events simply stay pending for the next start.
@@ -45,21 +54,21 @@ from forwarder.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
+from forwarder.filters import EventFilter
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics
-from forwarder.sending import (
-    RESPONSE_BODY_LIMIT,
-    USER_AGENT,
-    Backoff,
-    OutgoingRequest,
-    Response,
-    proxy_for,
-    send_request,
-)
+from forwarder.requests import BuiltRequest, RequestBuilder
+from forwarder.sending import RESPONSE_BODY_LIMIT, Backoff, Response, send_request
+from forwarder.transport import build_connector
 
 log = get_logger("delivery")
 
-READ_AHEAD = 512
+READ_AHEAD = 1024
+INSERT_DEAD_LETTER = (
+    "INSERT INTO dead_letters (forwarder, seq, event_id, event_type, received_at,"
+    " dead_at, status, code, reason, response_body, body)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 INSERT_ATTEMPT = (
     "INSERT INTO delivery_attempts (forwarder, attempted_at, attempt, events, event_ids,"
     " outcome, code, status, duration_ms, error, response_body)"
@@ -96,37 +105,45 @@ class DeliveryWorker:
         self.spec = spec
         self.name = str(spec.name)
         self.status = ForwarderStatus(self.name)
+        self.filter = EventFilter(spec.events, spec.exclude_events)
+        self.requests = RequestBuilder(spec)
         self._buffer = buffer
         self._metrics = metrics
         self._clock = clock
         self._backoff = Backoff(spec.retry, rng)
-        self._proxy = proxy_for(spec.uri)
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._read_ahead: deque[StoredEvent] = deque()
-        self._cursor = 0
+        self._cursor = 0  # highest seq acknowledged (delivered, dead-lettered or skipped)
+        self._read_upto = 0  # highest seq pulled from the buffer into _read_ahead
         self._counted_upto = 0
+        self._skipped_upto = 0  # highest seq the filter refused in the batch being built
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         """Count what is pending, open the HTTP session and start the task."""
-        self._cursor = self._buffer.cursor(self.name)
+        self._cursor = self._read_upto = self._buffer.cursor(self.name)
         # Listen first, count up to a fixed head after: an event committed
         # while the count runs is counted exactly once, by one or the other.
         self._counted_upto = self._buffer.head_seq
         self._buffer.add_listener(self._on_append)
-        rows = await self._buffer.query(
-            "SELECT count(*), min(received_at) FROM events WHERE seq > ? AND seq <= ?"
-            " AND (only_forwarder IS NULL OR only_forwarder = ?)",
-            (self._cursor, self._counted_upto, self.name),
-        )
-        count, oldest = rows[0]
-        self.status.pending += int(count)
-        if oldest is not None:
-            self.status.oldest_pending_at = oldest
-        self._session = aiohttp.ClientSession()
+        if self.spec.enabled:
+            rows = await self._buffer.query(
+                "SELECT event_type, count(*), min(received_at) FROM events"
+                " WHERE seq > ? AND seq <= ? AND (only_forwarder IS NULL OR only_forwarder = ?)"
+                " GROUP BY event_type",
+                (self._cursor, self._counted_upto, self.name),
+            )
+            for event_type, count, oldest in rows:
+                if self.filter.accepts(event_type):
+                    self.status.pending += int(count)
+                    current = self.status.oldest_pending_at
+                    self.status.oldest_pending_at = (
+                        oldest if current is None else min(current, oldest)
+                    )
+        self._session = aiohttp.ClientSession(connector=build_connector(self.spec))
         self._task = asyncio.create_task(self._run(), name=f"deliver-{self.name}")
 
     @property
@@ -156,11 +173,15 @@ class DeliveryWorker:
         return finished
 
     def _on_append(self, stored: Sequence[StoredEvent]) -> None:
+        if not self.spec.enabled:
+            return
         added = 0
         for event in stored:
             if event.seq <= self._counted_upto:
                 continue
-            if event.only_forwarder is None or event.only_forwarder == self.name:
+            if (
+                event.only_forwarder is None or event.only_forwarder == self.name
+            ) and self.filter.accepts(event.event_type):
                 added += 1
                 if self.status.oldest_pending_at is None:
                     self.status.oldest_pending_at = event.received_at
@@ -173,78 +194,185 @@ class DeliveryWorker:
             return 0.0
         return max(0.0, self._clock() - oldest)
 
-    # -- the loop --------------------------------------------------------------
+    # -- reading and batching --------------------------------------------------
+
+    async def _wait_for_events(self, within: float | None) -> bool:
+        """Wait until events beyond what was read are committed; False on stop/timeout."""
+        # Rows up to head not returned were replays for other forwarders: waiting
+        # beyond the read position alone would return at once and spin on them.
+        waiter = asyncio.ensure_future(
+            self._buffer.wait_beyond(max(self._read_upto, self._buffer.head_seq))
+        )
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, stopper}, timeout=within, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+        return waiter in done and not self._stopping.is_set()
+
+    async def _read_more(self) -> bool:
+        """Pull the next events after the read position; False when there were none."""
+        fetched = await self._buffer.read_after(self.name, self._read_upto, READ_AHEAD)
+        if fetched:
+            self._read_ahead.extend(fetched)
+            self._read_upto = fetched[-1].seq
+        return bool(fetched)
+
+    def _take(self, batch: list[StoredEvent], budget: int) -> tuple[int, bool]:
+        """Move matching events from the read-ahead into ``batch``; return (budget, full)."""
+        limits = self.spec.batch
+        while self._read_ahead:
+            event = self._read_ahead[0]
+            if not self.filter.accepts(event.event_type):
+                self._read_ahead.popleft()
+                self._skipped_upto = event.seq
+                continue
+            cost = len(event.body) + 1
+            if batch and cost > budget:
+                return budget, True
+            batch.append(self._read_ahead.popleft())
+            budget -= cost
+            if len(batch) >= limits.max_events:
+                return budget, True
+        return budget, False
 
     async def _next_batch(self) -> list[StoredEvent] | None:
-        while not self._read_ahead:
-            if self._stopping.is_set():
-                return None
-            head = self._buffer.head_seq
-            fetched = await self._buffer.read_after(self.name, self._cursor, READ_AHEAD)
-            if fetched:
-                self._read_ahead.extend(fetched)
-                break
-            # Rows up to head not returned are replays for other forwarders: waiting
-            # beyond the cursor alone would return at once and spin on them.
-            waiter = asyncio.ensure_future(self._buffer.wait_beyond(max(self._cursor, head)))
-            stopper = asyncio.ensure_future(self._stopping.wait())
-            try:
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-                stopper.cancel()
-        return [self._read_ahead.popleft()]
+        """The next batch within the limits; None when stopping."""
+        limits = self.spec.batch
+        batch: list[StoredEvent] = []
+        budget = limits.max_bytes
+        deadline: float | None = None
+        self._skipped_upto = 0
+        while not self._stopping.is_set():
+            budget, full = self._take(batch, budget)
+            if full:
+                return batch
+            if await self._read_more():
+                continue
+            if self._skipped_upto > self._cursor and not batch:
+                # Only refused events so far: acknowledge them so they can be cleaned up.
+                self._ack(self._skipped_upto)
+            if batch and limits.max_events == 1:
+                return batch
+            if batch and deadline is None:
+                deadline = time.monotonic() + limits.max_wait_ms / 1000
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not await self._wait_for_events(timeout) and batch:
+                return batch
+        return None
+
+    def _fit(self, batch: list[StoredEvent], now: float) -> BuiltRequest:
+        """Build the request, handing events back until the encoded body fits maxBytes."""
+        built = self.requests.build(batch, now)
+        while built.encoded_bytes > self.spec.batch.max_bytes and len(batch) > 1:
+            keep = max(1, len(batch) * self.spec.batch.max_bytes // built.encoded_bytes)
+            keep = min(keep, len(batch) - 1)
+            self._read_ahead.extendleft(reversed(batch[keep:]))
+            del batch[keep:]
+            built = self.requests.build(batch, now)
+        return built
+
+    # -- the loop --------------------------------------------------------------
+
+    def _ack(self, seq: int) -> None:
+        if seq > self._cursor:
+            self._cursor = seq
+            self._buffer.ack(self.name, seq)
 
     async def _run(self) -> None:
+        if not self.spec.enabled:
+            await self._follow_head_while_disabled()
+            return
         while not self._stopping.is_set():
             batch = await self._next_batch()
             if batch is None:
                 return
-            self.status.oldest_pending_at = batch[0].received_at
-            delivered = await self._deliver(batch)
-            if delivered is None:
-                return  # stopping while the batch was still failing: it stays pending
-            self._cursor = batch[-1].seq
-            self.status.pending = max(0, self.status.pending - len(batch))
-            self.status.oldest_pending_at = (
-                self._read_ahead[0].received_at if self._read_ahead else None
+            self._fit(batch, self._clock())
+            if not await self._deliver_in_parts(batch):
+                return  # stopping while still failing: the events stay pending
+
+    async def _follow_head_while_disabled(self) -> None:
+        log.info("forwarder_disabled", forwarder=self.name)
+        while not self._stopping.is_set():
+            self._read_upto = max(self._read_upto, self._buffer.head_seq)
+            self._ack(self._read_upto)
+            await self._wait_for_events(None)
+
+    async def _deliver_in_parts(self, batch: list[StoredEvent]) -> bool:
+        """Deliver ``batch``, splitting on 413; False if stopped before it was done."""
+        parts = [batch]
+        while parts:
+            part = parts.pop()
+            self.status.oldest_pending_at = part[0].received_at
+            outcome = await self._deliver(part)
+            if outcome is None:
+                return False
+            if outcome == "split":
+                half = len(part) // 2
+                parts += [part[half:], part[:half]]
+                continue
+            self._ack(part[-1].seq)
+            self.status.pending = max(0, self.status.pending - len(part))
+            following = next(
+                (e for e in self._read_ahead if self.filter.accepts(e.event_type)), None
             )
+            self.status.oldest_pending_at = following.received_at if following else None
+        return True
 
-    def build_request(self, batch: Sequence[StoredEvent]) -> OutgoingRequest:
-        """The request carrying ``batch``: one event's bytes, as ingested."""
-        headers = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
-        if self.spec.token is not None:
-            headers["Authorization"] = f"Bearer {self.spec.token.get_secret_value()}"
-        body = batch[0].body if len(batch) == 1 else b"[" + b",".join(e.body for e in batch) + b"]"
-        return OutgoingRequest(self.spec.method, self.spec.uri, headers, body, self._proxy)
-
-    async def _deliver(self, batch: list[StoredEvent]) -> bool | None:
-        """Send until success (True) or dead letter (False); None if stopped first."""
+    async def _deliver(self, batch: list[StoredEvent]) -> str | None:
+        """Send until "delivered", "dead_lettered" or "split"; None if stopped first."""
         assert self._session is not None
-        request = self.build_request(batch)
+        retry = self.spec.retry
         attempt = 0
         while True:
             attempt += 1
             self.status.last_attempt_at = self._clock()
+            request = self.requests.build(batch, self.status.last_attempt_at).request
             started = time.monotonic()
             try:
-                response = await send_request(self._session, request, self.spec.timeout_seconds)
+                response = await send_request(
+                    self._session, request, self.spec.timeout_seconds, self.spec.response_validators
+                )
             except RetryableDeliveryError as exc:
-                self._record_failure(exc, attempt, "retry")
-                self._record_attempt(batch, attempt, "retry", exc, started)
+                age = self._clock() - batch[0].received_at
+                exhausted = (retry.max_attempts is not None and attempt >= retry.max_attempts) or (
+                    retry.max_age_seconds is not None and age >= retry.max_age_seconds
+                )
+                outcome = "dead_letter" if exhausted else "retry"
+                self._record_failure(exc, attempt, outcome)
+                self._record_attempt(batch, attempt, outcome, exc, started)
+                if exhausted:
+                    reason = f"gave up after {attempt} attempt(s): {exc.message}"
+                    return "dead_lettered" if await self._dead_letter(batch, exc, reason) else None
                 delay = self._backoff.delay(attempt, exc.retry_after)
                 if await self._wait_or_stop(delay):
                     return None
                 continue
             except PermanentDeliveryError as exc:
+                if exc.status == 413 and len(batch) > 1:
+                    self._record_failure(exc, attempt, "retry")
+                    self._record_attempt(batch, attempt, "retry", exc, started)
+                    log.info("batch_split", forwarder=self.name, events=len(batch))
+                    return "split"
                 self._record_failure(exc, attempt, "dead_letter")
                 self._record_attempt(batch, attempt, "dead_letter", exc, started)
-                if not await self._dead_letter(batch, exc):
-                    return None
-                return False
-            self._record_success(batch, response, attempt)
+                ok = await self._dead_letter(batch, exc, exc.message)
+                return "dead_lettered" if ok else None
+            self._record_success(batch, response)
             self._record_attempt(batch, attempt, "success", response, started)
-            return True
+            return "delivered"
+
+    async def _wait_or_stop(self, delay: float) -> bool:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- outcomes ----------------------------------------------------------------
 
     def _record_attempt(
         self,
@@ -278,18 +406,8 @@ class DeliveryWorker:
         self._buffer.submit([(INSERT_ATTEMPT, [row])])
         self._metrics.delivery_duration.labels(self.name).observe(elapsed)
 
-    async def _wait_or_stop(self, delay: float) -> bool:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-        except TimeoutError:
-            return False
-        return True
-
-    # -- outcomes ----------------------------------------------------------------
-
-    def _record_success(self, batch: list[StoredEvent], response: Response, attempt: int) -> None:
+    def _record_success(self, batch: list[StoredEvent], response: Response) -> None:
         now = self._clock()
-        self._buffer.ack(self.name, batch[-1].seq)
         m = self._metrics
         m.delivery_attempts.labels(self.name, "success", str(response.status)).inc()
         m.events_delivered.labels(self.name).inc(len(batch))
@@ -323,7 +441,7 @@ class DeliveryWorker:
         else:
             log.debug("delivery_retry", **fields)
 
-    async def _dead_letter(self, batch: list[StoredEvent], exc: PermanentDeliveryError) -> bool:
+    async def _dead_letter(self, batch: list[StoredEvent], exc: DeliveryError, reason: str) -> bool:
         """Move ``batch`` to the dead-letter table; False if stopped before it was recorded."""
         now = self._clock()
         rows = [
@@ -336,21 +454,18 @@ class DeliveryWorker:
                 now,
                 exc.status,
                 exc.code,
-                exc.message,
+                reason,
                 exc.body[:RESPONSE_BODY_LIMIT],
                 e.body,
             )
             for e in batch
         ]
-        statement = (
-            "INSERT INTO dead_letters (forwarder, seq, event_id, event_type, received_at,"
-            " dead_at, status, code, reason, response_body, body)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
         failures = 0
         while True:
             try:
-                await self._buffer.execute([(statement, rows)], acks={self.name: batch[-1].seq})
+                await self._buffer.execute(
+                    [(INSERT_DEAD_LETTER, rows)], acks={self.name: batch[-1].seq}
+                )
                 break
             except BufferUnavailableError as exc_buffer:
                 # The events must not leave the queue unrecorded: wait and try again.
@@ -358,6 +473,7 @@ class DeliveryWorker:
                 log.error("dead_letter_write_failed", forwarder=self.name, error=exc_buffer.reason)
                 if await self._wait_or_stop(self._backoff.delay(failures)):
                     return False
+        self._cursor = max(self._cursor, batch[-1].seq)
         self._metrics.events_dead_lettered.labels(self.name).inc(len(batch))
         self.status.dead_lettered += len(batch)
         log.error(
@@ -366,5 +482,6 @@ class DeliveryWorker:
             status=exc.code,
             events=len(batch),
             first_event_id=batch[0].event_id,
+            reason=reason,
         )
         return True

@@ -44,6 +44,7 @@ class IngestContext:
     config: IngestConfig
     metrics: Metrics
     ids: IdGenerator
+    max_buffer_bytes: int | None = None
     accepting: bool = True
 
 
@@ -186,6 +187,10 @@ async def post_events(request: web.Request) -> web.Response:
                 "unsupported_media_type",
                 f"Content-Type {content_type!r} is not supported: "
                 "use application/json or application/x-ndjson",
+            )
+        if context.buffer.is_full(context.max_buffer_bytes):
+            raise BufferUnavailableError(
+                "buffer_full", "the buffer has reached buffer.maxBytes", retry_after_seconds=5
             )
         body = await read_body(request, context.config.max_request_bytes)
         records = parse(body, context.ids, context.config.max_event_bytes)

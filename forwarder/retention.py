@@ -9,7 +9,9 @@ holds the write lock long enough to stall ingest.
 
 Pending events are never deleted here, whatever their age: losing an
 acknowledged event is not ours to decide. Events older than the retention
-that are still pending are counted and logged, so an operator sees them.
+that are still pending are logged (``pending_events_past_retention``) and
+show in ``audit_forwarder_oldest_pending_age_seconds``, so an operator sees
+them; ``retry.maxAgeSeconds`` is the opt-in way to dead-letter by age.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class Housekeeper:
         buffer: EventBuffer,
         retention_seconds: float,
         history_max_rows: int,
-        forwarders: Callable[[], Iterable[str]],
+        forwarders: Callable[[], Iterable[tuple[str, int, float]]],
         *,
         check_interval: float = 60.0,
         clock: Callable[[], float] = time.time,
@@ -43,7 +45,7 @@ class Housekeeper:
         self._buffer = buffer
         self.retention_seconds = retention_seconds
         self.history_max_rows = history_max_rows
-        self._forwarders = forwarders
+        self._pending = forwarders
         self._interval = check_interval
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
@@ -81,6 +83,17 @@ class Housekeeper:
         deleted["delivery_attempts"] += await self._trim_history()
         if any(deleted.values()):
             log.info("retention_purged", retention_hours=self.retention_seconds / 3600, **deleted)
+        for name, pending, oldest_age in self._pending():
+            if pending and oldest_age > self.retention_seconds:
+                # Never dropped for age: the operator decides (fix the receiver,
+                # or set retry.maxAgeSeconds to dead-letter instead).
+                log.warning(
+                    "pending_events_past_retention",
+                    forwarder=name,
+                    pending=pending,
+                    oldest_age_hours=round(oldest_age / 3600, 2),
+                    retention_hours=self.retention_seconds / 3600,
+                )
         return deleted
 
     async def _delete_chunked(self, table: str, where: str, parameters: tuple[Any, ...]) -> int:
@@ -101,7 +114,7 @@ class Housekeeper:
 
     async def _trim_history(self) -> int:
         total = 0
-        for forwarder in self._forwarders():
+        for forwarder, _, _ in self._pending():
             rows = await self._buffer.query(
                 "SELECT id FROM delivery_attempts WHERE forwarder = ?"
                 " ORDER BY id DESC LIMIT 1 OFFSET ?",

@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import email.utils
 import random
+import re
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 
 from forwarder import __version__
 from forwarder.errors import PermanentDeliveryError, RetryableDeliveryError
-from forwarder.options import RetryConfig
+from forwarder.options import ResponseValidator, RetryConfig
 
 USER_AGENT = f"audit-forwarder/{__version__.split('.')[0]}.0"
 RESPONSE_BODY_LIMIT = 4096
+VALIDATED_BODY_LIMIT = 1024 * 1024  # validators need the whole JSON answer
 RETRYABLE_STATUSES = frozenset({408, 429})
 
 
@@ -89,12 +93,51 @@ async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_PATH_STEP = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]")
+
+
+def json_path_value(document: Any, path: str) -> tuple[bool, Any]:
+    """Follow ``$.a.b[0].c``; return (found, value)."""
+    value = document
+    for key, index in _PATH_STEP.findall(path[1:]):
+        if key:
+            if not isinstance(value, dict) or key not in value:
+                return False, None
+            value = value[key]
+        else:
+            if not isinstance(value, list) or int(index) >= len(value):
+                return False, None
+            value = value[int(index)]
+    return True, value
+
+
+def validation_problem(body: bytes, validators: Sequence[ResponseValidator]) -> str | None:
+    """Why a 2xx body fails the response validators, or None when it passes."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "the response body is not JSON"
+    for validator in validators:
+        found, value = json_path_value(document, validator.json_path)
+        if not found:
+            return f"{validator.json_path} is missing from the response"
+        if value not in validator.expected:
+            shown = orjson.dumps(value).decode()[:100]
+            return f"{validator.json_path} is {shown}, not one of the expected values"
+    return None
+
+
 async def send_request(
-    session: aiohttp.ClientSession, request: OutgoingRequest, timeout_seconds: float
+    session: aiohttp.ClientSession,
+    request: OutgoingRequest,
+    timeout_seconds: float,
+    validators: Sequence[ResponseValidator] = (),
 ) -> Response:
     """Send one request; return the 2xx answer or raise a DeliveryError.
 
-    This is the only place that knows about aiohttp's exceptions.
+    This is the only place that knows about aiohttp's exceptions. With
+    ``validators``, a 2xx whose JSON body does not match is a retryable
+    ``invalid_response`` failure (Apono's response validators).
     """
     started = time.monotonic()
     try:
@@ -107,7 +150,8 @@ async def send_request(
             timeout=aiohttp.ClientTimeout(total=timeout_seconds),
             allow_redirects=False,
         ) as answer:
-            body = await _read_prefix(answer.content, RESPONSE_BODY_LIMIT)
+            limit = VALIDATED_BODY_LIMIT if validators else RESPONSE_BODY_LIMIT
+            body = await _read_prefix(answer.content, limit)
             status = answer.status
             headers = {str(name): value for name, value in answer.headers.items()}
             # Looked up case-insensitively: dict() keeps the case as received.
@@ -118,7 +162,12 @@ async def send_request(
         raise RetryableDeliveryError("connection_error", f"{type(exc).__name__}: {exc}") from None
     duration = time.monotonic() - started
     if 200 <= status < 300:
-        return Response(status, headers, body, duration)
+        problem = validation_problem(body, validators) if validators else None
+        if problem is not None:
+            raise RetryableDeliveryError(
+                "invalid_response", problem, status=status, body=body[:RESPONSE_BODY_LIMIT]
+            )
+        return Response(status, headers, body[:RESPONSE_BODY_LIMIT], duration)
     message = f"HTTP {status}"
     if status in RETRYABLE_STATUSES or status >= 500:
         retry_after = parse_retry_after(retry_after_value, time.time())

@@ -86,6 +86,8 @@ class ScriptedReceiver:
         self.attempts: list[Received] = []
         self.delivered: list[Received] = []
         self.port = 0
+        # Answers computed from the request (e.g. 413 for big batches), instead of the script.
+        self.decide: Callable[[web.Request], Awaitable[Reply]] | None = None
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> ScriptedReceiver:
@@ -127,7 +129,10 @@ class ScriptedReceiver:
             await request.read(),
         )
         self.attempts.append(received)
-        reply = self.script.popleft() if self.script else self.default
+        if self.decide is not None:
+            reply = await self.decide(request)
+        else:
+            reply = self.script.popleft() if self.script else self.default
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if 200 <= reply.status < 300:

@@ -1,0 +1,120 @@
+"""Dead letters: listing, replaying into a forwarder's queue, and purging.
+
+A dead letter keeps its own copy of the event body, so it outlives the
+event's row in ``events`` (which is deleted once every forwarder has passed
+it). A replay appends the event again with ``only_forwarder`` set — so only
+that forwarder receives it, after what is already queued — and deletes the
+dead-letter row in the same transaction: the event is never in both places,
+nor in neither. Replay after fixing a bad token is the normal way out of a
+401 storm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from forwarder.buffer import EventBuffer, EventRecord
+
+REPLAY_CHUNK = 1000
+MAX_LIST_LIMIT = 1000
+
+
+def _where(forwarder: str | None, event_ids: Sequence[str]) -> tuple[str, list[Any]]:
+    clauses, parameters = [], []
+    if forwarder is not None:
+        clauses.append("forwarder = ?")
+        parameters.append(forwarder)
+    if event_ids:
+        clauses.append(f"event_id IN ({','.join('?' * len(event_ids))})")
+        parameters += list(event_ids)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", parameters
+
+
+async def list_dead_letters(
+    buffer: EventBuffer, forwarder: str | None, limit: int
+) -> dict[str, Any]:
+    """The newest ``limit`` dead letters (optionally of one forwarder) and the total."""
+    where, parameters = _where(forwarder, ())
+    rows = await buffer.query(
+        "SELECT id, forwarder, event_id, event_type, received_at, dead_at, status, code,"
+        f" reason, response_body FROM dead_letters{where} ORDER BY id DESC LIMIT ?",
+        (*parameters, limit),
+    )
+    (total,) = (await buffer.query(f"SELECT count(*) FROM dead_letters{where}", parameters))[0]
+    return {
+        "total": int(total),
+        "dead_letters": [
+            {
+                "id": row_id,
+                "forwarder": name,
+                "event_id": event_id,
+                "event_type": event_type,
+                "received_at": received_at,
+                "dead_at": dead_at,
+                "status": status,
+                "code": code,
+                "reason": reason,
+                "response_body": bytes(body or b"").decode("utf-8", "replace"),
+            }
+            for (
+                row_id,
+                name,
+                event_id,
+                event_type,
+                received_at,
+                dead_at,
+                status,
+                code,
+                reason,
+                body,
+            ) in rows
+        ],
+    }
+
+
+async def replay(
+    buffer: EventBuffer,
+    forwarders: Collection[str],
+    forwarder: str | None,
+    event_ids: Sequence[str],
+) -> dict[str, int]:
+    """Re-queue matching dead letters to their forwarder; return what was done."""
+    where, parameters = _where(forwarder, event_ids)
+    replayed = skipped = 0
+    after = 0
+    while True:
+        clause = f"{where} AND id > ?" if where else " WHERE id > ?"
+        rows = await buffer.query(
+            f"SELECT id, forwarder, event_id, event_type, body FROM dead_letters{clause}"
+            " ORDER BY id LIMIT ?",
+            (*parameters, after, REPLAY_CHUNK),
+        )
+        if not rows:
+            return {"replayed": replayed, "skipped_unknown_forwarder": skipped}
+        after = rows[-1][0]
+        wanted = [row for row in rows if row[1] in forwarders]
+        skipped += len(rows) - len(wanted)
+        if wanted:
+            records = [
+                EventRecord(event_id, event_type, bytes(body), False, only_forwarder=name)
+                for _, name, event_id, event_type, body in wanted
+            ]
+            await buffer.append(
+                records, [("DELETE FROM dead_letters WHERE id = ?", [(row[0],) for row in wanted])]
+            )
+            replayed += len(wanted)
+
+
+async def purge(buffer: EventBuffer, forwarder: str | None, event_ids: Sequence[str]) -> int:
+    """Delete matching dead letters; return how many."""
+    where, parameters = _where(forwarder, event_ids)
+    count, newest = (
+        await buffer.query(f"SELECT count(*), max(id) FROM dead_letters{where}", parameters)
+    )[0]
+    if not count:
+        return 0
+    # Bounded by the newest row counted: a dead letter arriving meanwhile is kept.
+    clause = f"{where} AND id <= ?" if where else " WHERE id <= ?"
+    await buffer.execute([(f"DELETE FROM dead_letters{clause}", [(*parameters, newest)])])
+    return int(count)
