@@ -1,0 +1,171 @@
+"""The admin API's input handling, through the real aiohttp app on a real buffer file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, make_mocked_request
+from prometheus_client import CollectorRegistry
+
+from forwarder.admin import AdminContext, _is_local, add_admin_routes
+from forwarder.buffer import EventBuffer
+from forwarder.config import IngestConfig, WebhookForwarderConfig
+from forwarder.delivery import INSERT_DEAD_LETTER, DeliveryWorker
+from forwarder.ids import IdGenerator
+from forwarder.ingest import IngestContext, build_ingest_app
+from forwarder.metrics import Metrics
+
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def buffer(tmp_path: Path) -> AsyncIterator[EventBuffer]:
+    """A real buffer with forwarders siem and archive, and three dead letters."""
+    opened = EventBuffer(tmp_path / "buffer.db")
+    await opened.open(["siem", "archive"])
+    rows = [
+        ("siem", 1, "e-1", "a", 1.0, 2.0, 401, "401", "HTTP 401", b"no", b'{"n":1}'),
+        ("siem", 2, "e-2", "a", 1.0, 2.0, 401, "401", "HTTP 401", b"no", b'{"n":2}'),
+        ("archive", 3, "e-3", "b", 1.0, 2.0, 400, "400", "HTTP 400", b"bad", b'{"n":3}'),
+    ]
+    await opened.execute([(INSERT_DEAD_LETTER, rows)])
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def client(
+    buffer: EventBuffer,
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+) -> Client:
+    """The ingest app with the admin routes, workers constructed but not started."""
+    metrics = Metrics(CollectorRegistry())
+    workers = {
+        name: DeliveryWorker(
+            WebhookForwarderConfig(name=name, kind="webhook", uri=f"https://{name}.example/in"),
+            buffer,
+            metrics,
+        )
+        for name in ("siem", "archive")
+    }
+    ids = IdGenerator()
+    app = build_ingest_app(IngestContext(buffer, IngestConfig(), metrics, ids), "http")
+    add_admin_routes(app, AdminContext(lambda: workers, buffer, ids, lambda: None), "http")
+    return await aiohttp_client(app)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{nope", "malformed JSON"),
+        (b"[]", "expected"),
+        (b'"siem"', "expected"),
+        (b'{"forwarder": 5}', "forwarder must be a string"),
+        (b'{"ids": "e-1"}', "ids must be a list of strings"),
+        (b'{"ids": [1, 2]}', "ids must be a list of strings"),
+        (b'{"all": "yes"}', "all must be true or false"),
+        (b'{"evil": 1}', "expected"),
+        (b'{"ids": [' + b",".join(b'"x"' for _ in range(501)) + b"]}", "at most 500"),
+    ],
+)
+@pytest.mark.parametrize("action", ["replay", "purge"])
+async def test_malformed_selections_are_400_and_change_nothing(
+    client: Client, buffer: EventBuffer, action: str, body: bytes, message: str
+) -> None:
+    """A bad replay/purge selection is a JSON 400 and leaves every dead letter in place."""
+    response = await client.post(f"/v1/dead-letters/{action}", data=body)
+    assert response.status == 400
+    payload = await response.json()
+    assert payload["error"] == "malformed"
+    assert message in payload["message"]
+    assert (await buffer.query("SELECT count(*) FROM dead_letters"))[0][0] == 3
+
+
+async def test_oversized_selection_is_413(client: Client) -> None:
+    """A selection body over 64 KiB is refused before parsing."""
+    response = await client.post("/v1/dead-letters/purge", data=b" " * 70_000)
+    assert response.status == 413
+
+
+async def test_purge_without_a_selection_is_refused(client: Client, buffer: EventBuffer) -> None:
+    """Purging needs a forwarder, ids or all: true; an empty body purges nothing."""
+    response = await client.post("/v1/dead-letters/purge")
+    assert response.status == 400
+    assert (await buffer.query("SELECT count(*) FROM dead_letters"))[0][0] == 3
+
+
+async def test_purge_by_ids_and_by_forwarder(client: Client, buffer: EventBuffer) -> None:
+    """Purge removes exactly the selected dead letters."""
+    response = await client.post("/v1/dead-letters/purge", json={"ids": ["e-1", "e-404"]})
+    assert await response.json() == {"purged": 1}
+    response = await client.post("/v1/dead-letters/purge", json={"forwarder": "archive"})
+    assert await response.json() == {"purged": 1}
+    rows = await buffer.query("SELECT event_id FROM dead_letters")
+    assert rows == [("e-2",)]
+
+
+async def test_replay_requeues_for_that_forwarder_only(client: Client, buffer: EventBuffer) -> None:
+    """Replay moves dead letters back as events for their own forwarder, atomically."""
+    response = await client.post("/v1/dead-letters/replay", json={"forwarder": "siem"})
+    assert await response.json() == {"replayed": 2, "skipped_unknown_forwarder": 0}
+    events = await buffer.query("SELECT event_id, only_forwarder, body FROM events ORDER BY seq")
+    assert events == [("e-1", "siem", b'{"n":1}'), ("e-2", "siem", b'{"n":2}')]
+    listed = await (await client.get("/v1/dead-letters")).json()
+    assert listed["total"] == 1
+    assert listed["dead_letters"][0]["event_id"] == "e-3"
+
+
+async def test_replay_to_an_unknown_forwarder_is_404(client: Client) -> None:
+    """Naming a forwarder that does not exist is a 404, not a silent no-op."""
+    response = await client.post("/v1/dead-letters/replay", json={"forwarder": "nope"})
+    assert response.status == 404
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=ten", "limit=-1"])
+async def test_bad_limits_are_400(client: Client, query: str) -> None:
+    """History and dead-letter limits outside 1..1000 are refused."""
+    for path in ("/v1/dead-letters", "/v1/forwarders/siem/deliveries"):
+        response = await client.get(f"{path}?{query}")
+        assert response.status == 400
+
+
+async def test_unknown_forwarder_paths_are_404(client: Client) -> None:
+    """History and test button of an unknown forwarder answer 404 JSON."""
+    for method, path in (
+        ("GET", "/v1/forwarders/nope/deliveries"),
+        ("POST", "/v1/forwarders/nope/test"),
+        ("GET", "/v1/forwarders/..%2F..%2Fetc/deliveries"),
+    ):
+        response = await client.request(method, path)
+        assert response.status == 404
+        assert (await response.json())["error"] in ("unknown_forwarder", "not_found")
+
+
+@pytest.mark.parametrize(
+    ("peer", "transport", "local"),
+    [
+        (("127.0.0.1", 5000), "http", True),
+        (("::1", 5000, 0, 0), "http", True),
+        (("10.1.2.3", 5000), "http", False),
+        (("192.0.2.7", 5000), "http", False),
+        ("", "unix", True),
+    ],
+)
+def test_admin_answers_loopback_and_unix_socket_only(
+    peer: Any, transport: str, local: bool
+) -> None:
+    """Requests from other hosts are not local; the Unix socket always is."""
+
+    class Transport:
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return peer if name == "peername" else default
+
+        def is_closing(self) -> bool:
+            return False
+
+    request = make_mocked_request("GET", "/v1/forwarders", transport=Transport())
+    assert _is_local(request, transport) is local
