@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
 import json
 import sqlite3
 import subprocess
@@ -253,8 +252,10 @@ async def test_auth_modes_custom_headers_gzip_and_signatures(
     assert "Authorization" not in logz.delivered[0].headers
     request = signed.delivered[0]
     assert request.headers["Content-Encoding"] == "gzip"
-    body = gzip.decompress(request.body) if request.body[:2] == b"\x1f\x8b" else request.body
-    payload = Webhook(secret).verify(body, request.headers)
+    # aiohttp's server undoes Content-Encoding: gzip, as receivers' frameworks do;
+    # the signature covers the uncompressed body.
+    assert request.body[:2] != b"\x1f\x8b"
+    payload = Webhook(secret).verify(request.body, request.headers)
     assert [e["n"] for e in payload] == [0, 1, 2][: len(payload)]
     assert await daemon.terminate() == 0
     assert "LOGZ" not in daemon.output()
