@@ -30,14 +30,15 @@ from aiohttp import web
 from forwarder import __version__
 from forwarder.admin import AdminContext, add_admin_routes
 from forwarder.buffer import EventBuffer
-from forwarder.config import Settings
+from forwarder.config import Settings, WebhookForwarderConfig
 from forwarder.delivery import DeliveryWorker
 from forwarder.errors import ForwarderError
 from forwarder.ids import IdGenerator
 from forwarder.ingest import IngestContext, build_ingest_app
-from forwarder.logs import get_logger, redactor
+from forwarder.logs import configure_logging, get_logger, redactor
 from forwarder.metrics import ForwarderGauges, Metrics
 from forwarder.probes import ProbeState, build_probe_app
+from forwarder.reload import Reloader
 from forwarder.retention import Housekeeper
 
 log = get_logger("daemon")
@@ -50,8 +51,15 @@ class StartupError(ForwarderError):
 class Daemon:
     """One running audit-forwarder. Constructing it does no I/O."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.settings = settings
+        # Listeners and the buffer are bound once; a reload cannot move them.
+        self._bound = settings
         self.metrics = metrics if metrics is not None else Metrics()
         self.buffer = EventBuffer(settings.buffer.path, synchronous=settings.buffer.synchronous)
         self.workers: dict[str, DeliveryWorker] = {}
@@ -77,6 +85,8 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         self._failure: str | None = None
         self._started_at = 0.0
+        self._retired: set[asyncio.Task[Any]] = set()
+        self.reloader = Reloader(self, config_path) if config_path is not None else None
         redactor.update(settings.secrets())
 
     # -- start -----------------------------------------------------------------
@@ -92,12 +102,12 @@ class Daemon:
                 ForwarderGauges(self.buffer_event_count, self.buffer.size_bytes, self._gauges)
             )
             for spec in self.settings.audit_log_forwarders:
-                worker = DeliveryWorker(spec, self.buffer, self.metrics)
-                await worker.start()
-                self.workers[worker.name] = worker
-                self._supervise(worker.task, f"deliver-{worker.name}")
+                await self._start_worker(spec)
             self.housekeeper.start()
             self._supervise(self.housekeeper.task, "housekeeping")
+            if self.reloader is not None:
+                self.reloader.start()
+                self._supervise(self.reloader.task, "config-watch")
             addresses = await self._start_ingest()
         except OSError as exc:
             await self.stop()
@@ -167,11 +177,73 @@ class Daemon:
         """Where the ingest listeners are bound."""
         return [_format_address(a) for r in self._ingest_runners for a in r.addresses]
 
+    async def _start_worker(self, spec: WebhookForwarderConfig) -> None:
+        worker = DeliveryWorker(spec, self.buffer, self.metrics)
+        await worker.start()
+        self.workers[worker.name] = worker
+        self._supervise(worker.task, f"deliver-{worker.name}")
+
+    async def _retire_worker(self, name: str) -> None:
+        worker = self.workers.pop(name)
+        if worker.task is not None:
+            self._retired.add(worker.task)
+        await worker.stop(self.settings.shutdown_grace_seconds)
+
+    # -- reload ----------------------------------------------------------------
+
+    async def apply(self, new: Settings) -> None:
+        """Apply a validated configuration to the running daemon (see reload.py)."""
+        restart = [
+            key
+            for key, before, after in (
+                ("ingest.host", self._bound.ingest.host, new.ingest.host),
+                ("ingest.port", self._bound.ingest.port, new.ingest.port),
+                ("ingest.unixSocket", self._bound.ingest.unix_socket, new.ingest.unix_socket),
+                ("metrics.host", self._bound.metrics.host, new.metrics.host),
+                ("metrics.port", self._bound.metrics.port, new.metrics.port),
+                ("buffer.path", self._bound.buffer.path, new.buffer.path),
+                ("buffer.synchronous", self._bound.buffer.synchronous, new.buffer.synchronous),
+            )
+            if before != after
+        ]
+        if restart:
+            log.warning("config_restart_required", keys=restart, applied="everything else")
+        configure_logging(new.logging.level, new.logging.format)
+        redactor.update(self.settings.secrets() + new.secrets())
+        self.ingest.config = new.ingest
+        self.ingest.max_buffer_bytes = new.buffer.max_bytes
+        self.housekeeper.retention_seconds = new.buffer.retention_hours * 3600
+        self.housekeeper.history_max_rows = new.buffer.history_max_rows
+        old_specs = {name: worker.spec for name, worker in self.workers.items()}
+        new_specs = {str(spec.name): spec for spec in new.audit_log_forwarders}
+        removed = [name for name in old_specs if name not in new_specs]
+        changed = [n for n in old_specs if n in new_specs and old_specs[n] != new_specs[n]]
+        added = [name for name in new_specs if name not in old_specs]
+        for name in removed + changed:
+            await self._retire_worker(name)
+        await self.buffer.execute([])  # commit the retired workers' last acknowledgements
+        await self.buffer.register_forwarders(new_specs)
+        for name in added + changed:
+            await self._start_worker(new_specs[name])
+        self.workers = {name: self.workers[name] for name in new_specs}
+        self.settings = new
+        redactor.update(new.secrets())
+        log.info(
+            "config_reloaded",
+            added=added,
+            removed=removed,
+            changed=changed,
+            restart_required=restart,
+        )
+
     def _supervise(self, task: asyncio.Task[Any] | None, name: str) -> None:
         if task is None:
             return
 
         def done(finished: asyncio.Task[Any]) -> None:
+            if finished in self._retired:
+                self._retired.discard(finished)
+                return
             if finished.cancelled() or self._stop_requested.is_set():
                 return
             # Supervised tasks only end by themselves when the daemon stops.
@@ -217,12 +289,14 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
+        if self.reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.reloader.request)
         try:
             await self.start()
             await self._stop_requested.wait()
         finally:
             await self.stop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         return 1 if self._failure else 0
 
@@ -232,12 +306,14 @@ class Daemon:
         self.probes.ready = False
         self.probes.phase = "stopping"
         self.ingest.accepting = False
+        if self.reloader is not None:
+            await self.reloader.stop()
         for runner in self._ingest_runners:
             await runner.cleanup()
         self._ingest_runners.clear()
-        if self.settings.ingest.unix_socket is not None:
+        if self._bound.ingest.unix_socket is not None:
             with contextlib.suppress(OSError):
-                _remove_socket(self.settings.ingest.unix_socket)
+                _remove_socket(self._bound.ingest.unix_socket)
         unfinished = 0
         grace = self.settings.shutdown_grace_seconds
         results = await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -131,7 +132,7 @@ def _run(path: str) -> int:
     from forwarder.app import Daemon  # imported late: check-config stays light
 
     try:
-        return _event_loop_runner()(Daemon(settings).serve())
+        return _event_loop_runner()(Daemon(settings, config_path=Path(path)).serve())
     except ForwarderError as exc:
         print(f"audit-forwarder: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -34,6 +34,7 @@ log = get_logger("ingest")
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 MAX_ID_LENGTH = 256
+READ_CHUNK_BYTES = 256 * 1024
 
 
 @dataclass
@@ -158,13 +159,22 @@ def parse_ndjson(body: bytes, ids: IdGenerator, max_event_bytes: int) -> list[Ev
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read the body, refusing anything over ``limit`` bytes before reading it all."""
+    """Read the body, refusing anything over ``limit`` bytes without reading it all.
+
+    Read as a stream against the limit of the moment (not aiohttp's
+    ``client_max_size``, fixed when the app is built) so that a configuration
+    reload can change ``maxRequestBytes`` on a running listener.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise IngestError(413, "too_large", f"request body exceeds {limit} bytes")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise IngestError(413, "too_large", f"request body exceeds {limit} bytes") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
+        size += len(chunk)
+        if size > limit:
+            raise IngestError(413, "too_large", f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -215,9 +225,7 @@ async def post_events(request: web.Request) -> web.Response:
 
 def build_ingest_app(context: IngestContext, transport: str) -> web.Application:
     """The aiohttp application of one ingest listener (``http`` or ``unix``)."""
-    app = web.Application(
-        client_max_size=context.config.max_request_bytes, middlewares=[json_errors]
-    )
+    app = web.Application(middlewares=[json_errors])
     app[CONTEXT_KEY] = context
     app[TRANSPORT_KEY] = transport
     app.router.add_post("/v1/events", post_events)
