@@ -122,7 +122,7 @@ class Daemon:
             version=__version__,
             ingest=addresses,
             metrics=self.metrics_addresses,
-            buffer=str(self.settings.buffer.path),
+            buffer=str(self.settings.buffer.path.resolve()),
             synchronous=self.settings.buffer.synchronous,
             forwarders=[
                 {"name": w.name, "kind": w.spec.kind, "method": w.spec.method, "host": w.spec.host}
