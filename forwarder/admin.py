@@ -10,46 +10,41 @@ The test button sends a synthetic ``forwarder.test`` event straight to the
 receiver with the forwarder's real request builder and HTTP session — outside
 the buffer, the metrics and the history — and returns the whole invocation
 with secrets masked, like the "View invocation data" panel of the products
-our users compare us with.
+our users compare us with. The workers live in the delivery process; the
+handlers reach them through the ``Forwarders`` interface.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from forwarder import dead_letters
-from forwarder.buffer import EventBuffer, StoredEvent
-from forwarder.delivery import DeliveryWorker
-from forwarder.errors import DeliveryError, IngestError
-from forwarder.ids import IdGenerator
+from forwarder.buffer import EventBuffer
+from forwarder.errors import IngestError
+from forwarder.forwarders import Forwarders, UnknownForwarderError, iso
 from forwarder.ingest import check_token
 from forwarder.logs import get_logger
-from forwarder.sending import OutgoingRequest, send_request
 
 log = get_logger("admin")
 
 MAX_HISTORY_LIMIT = 1000
+DEFAULT_HISTORY_LIMIT = 20
 MAX_SELECTION_BYTES = 64 * 1024
 MAX_SELECTED_IDS = 500
-DEFAULT_HISTORY_LIMIT = 20
-SECRET_HEADERS = frozenset({"authorization", "dd-api-key", "x-api-key", "x-splunk-token"})
 
 
 @dataclass
 class AdminContext:
-    """What the admin handlers need: the live workers and the buffer."""
+    """What the admin handlers need: the forwarders, the buffer, the ingest token."""
 
-    workers: Callable[[], Mapping[str, DeliveryWorker]]
+    forwarders: Forwarders
     buffer: EventBuffer
-    ids: IdGenerator
     token: Callable[[], str | None]
 
 
@@ -79,29 +74,11 @@ def _authorise(request: web.Request, transport: str, context: AdminContext) -> N
     check_token(request, context.token())
 
 
-def _worker(request: web.Request, context: AdminContext) -> DeliveryWorker:
+def _forwarder_name(request: web.Request, context: AdminContext) -> str:
     name = request.match_info["name"]
-    worker = context.workers().get(name)
-    if worker is None:
+    if name not in context.forwarders.names():
         raise IngestError(404, "unknown_forwarder", f"no forwarder named {name!r}")
-    return worker
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
-
-
-def mask_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers with secret values replaced: ``Bearer ***``, ``***``."""
-    masked = {}
-    for name, value in headers.items():
-        if name.lower() in SECRET_HEADERS:
-            scheme, _, secret = value.partition(" ")
-            value = f"{scheme} ***" if secret else "***"
-        masked[name] = value
-    return masked
+    return name
 
 
 async def list_forwarders(request: web.Request, context: AdminContext) -> web.Response:
@@ -109,23 +86,9 @@ async def list_forwarders(request: web.Request, context: AdminContext) -> web.Re
     dead = dict(
         await context.buffer.query("SELECT forwarder, count(*) FROM dead_letters GROUP BY 1")
     )
-    forwarders = []
-    for worker in context.workers().values():
-        status = worker.status
-        forwarders.append(
-            {
-                "name": worker.name,
-                "kind": worker.spec.kind,
-                "method": worker.spec.method,
-                "host": worker.spec.host,
-                "pending": status.pending,
-                "oldest_pending_age_seconds": round(worker.oldest_pending_age(), 3),
-                "last_attempt": {"at": _iso(status.last_attempt_at), "status": status.last_status},
-                "last_success_at": _iso(status.last_success_at),
-                "consecutive_failures": status.consecutive_failures,
-                "dead_letters": int(dead.get(worker.name, 0)),
-            }
-        )
+    forwarders = await context.forwarders.statuses()
+    for forwarder in forwarders:
+        forwarder["dead_letters"] = int(dead.get(forwarder["name"], 0))
     return _json({"forwarders": forwarders})
 
 
@@ -144,16 +107,16 @@ def _limit(request: web.Request) -> int:
 
 async def list_deliveries(request: web.Request, context: AdminContext) -> web.Response:
     """``GET /v1/forwarders/{name}/deliveries?limit=N``: newest attempts first."""
-    worker = _worker(request, context)
+    name = _forwarder_name(request, context)
     rows = await context.buffer.query(
         "SELECT attempted_at, attempt, events, event_ids, outcome, code, status, duration_ms,"
         " error, response_body FROM delivery_attempts WHERE forwarder = ?"
         " ORDER BY id DESC LIMIT ?",
-        (worker.name, _limit(request)),
+        (name, _limit(request)),
     )
     deliveries = [
         {
-            "at": _iso(at),
+            "at": iso(at),
             "attempt": attempt,
             "events": events,
             "event_ids": orjson.loads(event_ids),
@@ -166,67 +129,16 @@ async def list_deliveries(request: web.Request, context: AdminContext) -> web.Re
         }
         for at, attempt, events, event_ids, outcome, code, status, duration_ms, error, body in rows
     ]
-    return _json({"forwarder": worker.name, "deliveries": deliveries})
-
-
-def test_event(context: AdminContext, forwarder: str) -> StoredEvent:
-    """A synthetic ``forwarder.test`` event, never stored."""
-    event_id = context.ids.new()
-    now = time.time()
-    body = orjson.dumps(
-        {
-            "id": event_id,
-            "event_type": "forwarder.test",
-            "timestamp": _iso(now),
-            "data": {"message": "test event from audit-forwarder", "forwarder": forwarder},
-        }
-    )
-    return StoredEvent(0, event_id, "forwarder.test", now, None, body)
-
-
-def describe_request(request: OutgoingRequest, display_url: str) -> dict[str, Any]:
-    """The request as the admin API shows it, secrets masked (query token included)."""
-    return {
-        "method": request.method,
-        "url": display_url,
-        "headers": mask_headers(request.headers),
-        "body": request.body.decode("utf-8", "replace"),
-    }
+    return _json({"forwarder": name, "deliveries": deliveries})
 
 
 async def test_forwarder(request: web.Request, context: AdminContext) -> web.Response:
     """``POST /v1/forwarders/{name}/test``: send a test event, return the invocation."""
-    worker = _worker(request, context)
-    outgoing = worker.requests.build([test_event(context, worker.name)], time.time()).request
-    session = worker.session
-    result: dict[str, Any] = {
-        "forwarder": worker.name,
-        "request": describe_request(outgoing, worker.requests.display_url),
-    }
-    if session is None:
-        return _error(503, "shutting_down", "the forwarder is stopping")
+    name = _forwarder_name(request, context)
     try:
-        response = await send_request(
-            session, outgoing, worker.spec.timeout_seconds, worker.spec.response_validators
-        )
-    except DeliveryError as exc:
-        result["ok"] = False
-        result["response"] = (
-            {"status": exc.status, "body": exc.body.decode("utf-8", "replace")}
-            if exc.status is not None
-            else None
-        )
-        result["error"] = {"code": exc.code, "message": exc.message}
-        return _json(result)
-    result["ok"] = True
-    result["response"] = {
-        "status": response.status,
-        "headers": response.headers,
-        "body": response.body.decode("utf-8", "replace"),
-        "duration_ms": round(response.duration * 1000, 3),
-    }
-    result["error"] = None
-    return _json(result)
+        return _json(await context.forwarders.test(name))
+    except UnknownForwarderError:
+        raise IngestError(404, "unknown_forwarder", f"no forwarder named {name!r}") from None
 
 
 async def _selection(request: web.Request) -> tuple[str | None, list[str], bool]:
@@ -268,9 +180,10 @@ async def get_dead_letters(request: web.Request, context: AdminContext) -> web.R
 async def replay_dead_letters(request: web.Request, context: AdminContext) -> web.Response:
     """``POST /v1/dead-letters/replay``: back into the forwarder's queue."""
     forwarder, ids, _ = await _selection(request)
-    if forwarder is not None and forwarder not in context.workers():
+    names = set(context.forwarders.names())
+    if forwarder is not None and forwarder not in names:
         raise IngestError(404, "unknown_forwarder", f"no forwarder named {forwarder!r}")
-    result = await dead_letters.replay(context.buffer, set(context.workers()), forwarder, ids)
+    result = await dead_letters.replay(context.buffer, names, forwarder, ids)
     log.info("dead_letters_replayed", forwarder=forwarder, **result)
     return _json(result)
 

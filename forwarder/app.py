@@ -1,16 +1,22 @@
 """The daemon: start → serve → stop, signals, draining and task supervision.
 
-Start order is probes listener → database → delivery workers → ingest
+Two processes: this one (ingest listeners, the buffer and its single writer,
+probes, admin API, housekeeping, reload) and the delivery process it spawns
+(every delivery worker; see ``delivery_process.py`` for why).
+
+Start order is probes listener → database → delivery process → ingest
 listeners, and ``/readyz`` turns 200 only after the last of them is bound.
 Stop runs in reverse: readiness off and ingest closed first (new requests are
-refused, requests already inside finish their commit), then workers get the
-grace period for the request they have in flight, then the buffer commits
-what is queued and closes, and the probes listener goes last.
+refused, requests already inside finish their commit), then the delivery
+process drains (in-flight requests get the grace period, their acks come back
+and are queued), then the buffer commits what is queued and closes, and the
+probes listener goes last.
 
-Every background task has an owner: if the buffer's writer or a delivery
-worker dies unexpectedly, the daemon logs the exception and stops with a
-non-zero exit code rather than run on silently degraded — acknowledged events
-are safe in the buffer and the supervisor (systemd, Kubernetes) restarts us.
+Every background task has an owner: if the buffer's writer, the housekeeping
+or the delivery process dies unexpectedly, the daemon logs it and stops with
+a non-zero exit code rather than run on silently degraded — acknowledged
+events are safe in the buffer and the supervisor (systemd, Kubernetes)
+restarts us.
 """
 
 from __future__ import annotations
@@ -30,13 +36,13 @@ from aiohttp import web
 from forwarder import __version__
 from forwarder.admin import AdminContext, add_admin_routes
 from forwarder.buffer import EventBuffer
-from forwarder.config import Settings, WebhookForwarderConfig
-from forwarder.delivery import DeliveryWorker
+from forwarder.config import Settings
+from forwarder.delivery_process import DeliveryProcess
 from forwarder.errors import ForwarderError
 from forwarder.ids import IdGenerator
 from forwarder.ingest import IngestContext, build_ingest_app
 from forwarder.logs import configure_logging, get_logger, redactor
-from forwarder.metrics import ForwarderGauges, Metrics
+from forwarder.metrics import BufferGauges, Metrics, counter_total
 from forwarder.probes import ProbeState, build_probe_app
 from forwarder.reload import Reloader
 from forwarder.retention import Housekeeper
@@ -54,22 +60,24 @@ class Daemon:
     def __init__(
         self,
         settings: Settings,
+        config_path: Path,
         metrics: Metrics | None = None,
-        config_path: Path | None = None,
     ) -> None:
         self.settings = settings
         # Listeners and the buffer are bound once; a reload cannot move them.
         self._bound = settings
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics = metrics if metrics is not None else Metrics(part="ingest")
         self.buffer = EventBuffer(settings.buffer.path, synchronous=settings.buffer.synchronous)
-        self.workers: dict[str, DeliveryWorker] = {}
+        self.delivery = DeliveryProcess(self.buffer, config_path, self._delivery_failed)
         self.housekeeper = Housekeeper(
             self.buffer,
             settings.buffer.retention_hours * 3600,
             settings.buffer.history_max_rows,
-            self._gauges,
+            self.delivery.gauges,
         )
-        self.probes = ProbeState(self.metrics, ping_database=self.buffer.ping)
+        self.probes = ProbeState(
+            self.metrics, ping_database=self.buffer.ping, more_metrics=self.delivery.exposition
+        )
         self.ingest = IngestContext(
             self.buffer,
             settings.ingest,
@@ -77,16 +85,13 @@ class Daemon:
             IdGenerator(),
             max_buffer_bytes=settings.buffer.max_bytes,
         )
-        self.admin = AdminContext(
-            lambda: self.workers, self.buffer, self.ingest.ids, self._ingest_token
-        )
+        self.admin = AdminContext(self.delivery, self.buffer, self._ingest_token)
         self._ingest_runners: list[web.AppRunner] = []
         self._probe_runner: web.AppRunner | None = None
         self._stop_requested = asyncio.Event()
         self._failure: str | None = None
         self._started_at = 0.0
-        self._retired: set[asyncio.Task[Any]] = set()
-        self.reloader = Reloader(self, config_path) if config_path is not None else None
+        self.reloader = Reloader(self, config_path)
         redactor.update(settings.secrets())
 
     # -- start -----------------------------------------------------------------
@@ -98,16 +103,12 @@ class Daemon:
             await self._start_probes()
             await self.buffer.open(self.settings.forwarder_names())
             self._supervise(self.buffer.writer_task, "buffer-writer")
-            self.metrics.attach_gauges(
-                ForwarderGauges(self.buffer_event_count, self.buffer.size_bytes, self._gauges)
-            )
-            for spec in self.settings.audit_log_forwarders:
-                await self._start_worker(spec)
+            self.metrics.attach(BufferGauges(self.buffer_event_count, self.buffer.size_bytes))
+            await self.delivery.start()
             self.housekeeper.start()
             self._supervise(self.housekeeper.task, "housekeeping")
-            if self.reloader is not None:
-                self.reloader.start()
-                self._supervise(self.reloader.task, "config-watch")
+            self.reloader.start()
+            self._supervise(self.reloader.task, "config-watch")
             addresses = await self._start_ingest()
         except OSError as exc:
             await self.stop()
@@ -124,9 +125,10 @@ class Daemon:
             metrics=self.metrics_addresses,
             buffer=str(self.settings.buffer.path.resolve()),
             synchronous=self.settings.buffer.synchronous,
+            delivery_pid=self.delivery.pid,
             forwarders=[
-                {"name": w.name, "kind": w.spec.kind, "method": w.spec.method, "host": w.spec.host}
-                for w in self.workers.values()
+                {"name": str(f.name), "kind": f.kind, "method": f.method, "host": f.host}
+                for f in self.settings.audit_log_forwarders
             ],
         )
 
@@ -177,18 +179,6 @@ class Daemon:
         """Where the ingest listeners are bound."""
         return [_format_address(a) for r in self._ingest_runners for a in r.addresses]
 
-    async def _start_worker(self, spec: WebhookForwarderConfig) -> None:
-        worker = DeliveryWorker(spec, self.buffer, self.metrics)
-        await worker.start()
-        self.workers[worker.name] = worker
-        self._supervise(worker.task, f"deliver-{worker.name}")
-
-    async def _retire_worker(self, name: str) -> None:
-        worker = self.workers.pop(name)
-        if worker.task is not None:
-            self._retired.add(worker.task)
-        await worker.stop(self.settings.shutdown_grace_seconds)
-
     # -- reload ----------------------------------------------------------------
 
     async def apply(self, new: Settings) -> None:
@@ -214,36 +204,16 @@ class Daemon:
         self.ingest.max_buffer_bytes = new.buffer.max_bytes
         self.housekeeper.retention_seconds = new.buffer.retention_hours * 3600
         self.housekeeper.history_max_rows = new.buffer.history_max_rows
-        old_specs = {name: worker.spec for name, worker in self.workers.items()}
-        new_specs = {str(spec.name): spec for spec in new.audit_log_forwarders}
-        removed = [name for name in old_specs if name not in new_specs]
-        changed = [n for n in old_specs if n in new_specs and old_specs[n] != new_specs[n]]
-        added = [name for name in new_specs if name not in old_specs]
-        for name in removed + changed:
-            await self._retire_worker(name)
-        await self.buffer.execute([])  # commit the retired workers' last acknowledgements
-        await self.buffer.register_forwarders(new_specs)
-        for name in added + changed:
-            await self._start_worker(new_specs[name])
-        self.workers = {name: self.workers[name] for name in new_specs}
+        plan = await self.delivery.reload(new.forwarder_names())
         self.settings = new
         redactor.update(new.secrets())
-        log.info(
-            "config_reloaded",
-            added=added,
-            removed=removed,
-            changed=changed,
-            restart_required=restart,
-        )
+        log.info("config_reloaded", **plan, restart_required=restart)
 
     def _supervise(self, task: asyncio.Task[Any] | None, name: str) -> None:
         if task is None:
             return
 
         def done(finished: asyncio.Task[Any]) -> None:
-            if finished in self._retired:
-                self._retired.discard(finished)
-                return
             if finished.cancelled() or self._stop_requested.is_set():
                 return
             # Supervised tasks only end by themselves when the daemon stops.
@@ -264,8 +234,12 @@ class Daemon:
         """Events held in the buffer."""
         return self.buffer.event_count
 
-    def _gauges(self) -> list[tuple[str, int, float]]:
-        return [(w.name, w.status.pending, w.oldest_pending_age()) for w in self.workers.values()]
+    def _delivery_failed(self, reason: str) -> None:
+        if self._stop_requested.is_set():
+            return
+        self._failure = reason
+        log.error("task_failed", task="delivery", error=reason)
+        self._stop_requested.set()
 
     # -- serve and stop --------------------------------------------------------
 
@@ -289,8 +263,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
-        if self.reloader is not None:
-            loop.add_signal_handler(signal.SIGHUP, self.reloader.request)
+        loop.add_signal_handler(signal.SIGHUP, self.reloader.request)
         try:
             await self.start()
             await self._stop_requested.wait()
@@ -306,21 +279,17 @@ class Daemon:
         self.probes.ready = False
         self.probes.phase = "stopping"
         self.ingest.accepting = False
-        if self.reloader is not None:
-            await self.reloader.stop()
+        await self.reloader.stop()
         for runner in self._ingest_runners:
             await runner.cleanup()
         self._ingest_runners.clear()
         if self._bound.ingest.unix_socket is not None:
             with contextlib.suppress(OSError):
                 _remove_socket(self._bound.ingest.unix_socket)
-        unfinished = 0
         grace = self.settings.shutdown_grace_seconds
-        results = await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
-        unfinished = sum(1 for finished in results if not finished)
-        if unfinished:
-            log.warning("deliveries_cancelled", workers=unfinished, grace_seconds=grace)
-        pending = {w.name: w.status.pending for w in self.workers.values()}
+        summary = await self.delivery.stop(grace)
+        if summary.get("unfinished"):
+            log.warning("deliveries_cancelled", workers=summary["unfinished"], grace_seconds=grace)
         await self.housekeeper.stop()
         await self.buffer.close()
         if self._probe_runner is not None:
@@ -330,20 +299,13 @@ class Daemon:
             log.info(
                 "daemon_stopped",
                 uptime_seconds=round(time.monotonic() - self._started_at, 3),
-                received=_total(self.metrics.events_received),
-                delivered=_total(self.metrics.events_delivered),
-                dead_lettered=_total(self.metrics.events_dead_lettered),
-                pending=pending,
+                received=counter_total(self.metrics.events_received),
+                delivered=summary.get("delivered", 0),
+                dead_lettered=summary.get("dead_lettered", 0),
+                pending=summary.get("pending", {}),
                 failure=self._failure,
             )
             self._started_at = 0.0
-
-
-def _total(counter: Any) -> int:
-    total = 0.0
-    for metric in counter.collect():
-        total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
-    return int(total)
 
 
 def _format_address(address: Any) -> str:

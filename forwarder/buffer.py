@@ -105,8 +105,58 @@ class _Register:
     future: asyncio.Future[None]
 
 
+@dataclass(frozen=True, slots=True)
+class AppendSummary:
+    """What one commit appended, for listeners: enough to keep pending counts exact.
+
+    Counts are by event type (a forwarder's filter decides per type);
+    ``replays`` are rows meant for one forwarder only. Small enough to send to
+    the delivery process with every commit.
+    """
+
+    last_seq: int
+    first_received_at: float
+    by_type: dict[str | None, int]
+    replays: dict[str, dict[str | None, int]]
+
+    @classmethod
+    def of(cls, stored: Sequence[StoredEvent]) -> AppendSummary:
+        """Summarise committed rows (in seq order)."""
+        by_type: dict[str | None, int] = {}
+        replays: dict[str, dict[str | None, int]] = {}
+        for event in stored:
+            if event.only_forwarder is None:
+                by_type[event.event_type] = by_type.get(event.event_type, 0) + 1
+            else:
+                counts = replays.setdefault(event.only_forwarder, {})
+                counts[event.event_type] = counts.get(event.event_type, 0) + 1
+        return cls(stored[-1].seq, stored[0].received_at, by_type, replays)
+
+    def to_message(self) -> dict[str, Any]:
+        """JSON-safe form (event types may be null, so counts are pairs)."""
+        return {
+            "last_seq": self.last_seq,
+            "first_received_at": self.first_received_at,
+            "by_type": list(self.by_type.items()),
+            "replays": {name: list(counts.items()) for name, counts in self.replays.items()},
+        }
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> AppendSummary:
+        """The inverse of :meth:`to_message`."""
+        return cls(
+            int(message["last_seq"]),
+            float(message["first_received_at"]),
+            {kind: int(n) for kind, n in message["by_type"]},
+            {
+                name: {kind: int(n) for kind, n in counts}
+                for name, counts in message["replays"].items()
+            },
+        )
+
+
 _Op = _Append | _Statements | _Register
-AppendListener = Callable[[Sequence[StoredEvent]], None]
+AppendListener = Callable[[AppendSummary], None]
 
 
 @dataclass
@@ -244,6 +294,10 @@ class EventBuffer:
         """The committed cursor of ``forwarder``."""
         return self._cursors[forwarder]
 
+    def cursors(self) -> dict[str, int]:
+        """Every committed cursor, by forwarder."""
+        return dict(self._cursors)
+
     def is_full(self, limit: int | None) -> bool:
         """Whether the file (plus WAL) has reached ``limit`` bytes; stat at most every 50 ms."""
         if limit is None:
@@ -263,7 +317,7 @@ class EventBuffer:
         return total
 
     def add_listener(self, listener: AppendListener) -> None:
-        """Call ``listener(stored_events)`` after every commit that appended events."""
+        """Call ``listener(summary)`` after every commit that appended events."""
         self._listeners.append(listener)
 
     def remove_listener(self, listener: AppendListener) -> None:
@@ -541,8 +595,10 @@ class EventBuffer:
             self._next_seq = group.stored[-1].seq
             self._event_count += len(group.stored)
             self._remember(group.stored)
-            for listener in list(self._listeners):
-                listener(group.stored)
+            if self._listeners:
+                summary = AppendSummary.of(group.stored)
+                for listener in list(self._listeners):
+                    listener(summary)
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
         results = iter(group.results)

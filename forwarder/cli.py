@@ -132,13 +132,13 @@ def _run(path: str) -> int:
     from forwarder.app import Daemon  # imported late: check-config stays light
 
     try:
-        return _event_loop_runner()(Daemon(settings, config_path=Path(path)).serve())
+        return event_loop_runner()(Daemon(settings, Path(path)).serve())
     except ForwarderError as exc:
         print(f"audit-forwarder: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
 
-def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
     """``uvloop.run`` where uvloop is installed (it is a dependency on Linux), else asyncio."""
     try:
         import uvloop

@@ -41,12 +41,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
-from forwarder.buffer import EventBuffer, StoredEvent
+from forwarder.buffer import AppendListener, AppendSummary, StoredEvent
 from forwarder.config import WebhookForwarderConfig
 from forwarder.errors import (
     BufferUnavailableError,
@@ -76,6 +76,60 @@ INSERT_ATTEMPT = (
 )
 
 
+class DeliveryBuffer(Protocol):
+    """The buffer as a delivery worker uses it.
+
+    ``EventBuffer`` is one (in the daemon process); the delivery process's
+    ``RemoteBuffer`` is the other: it reads the same SQLite file and sends its
+    writes to the daemon's single writer.
+    """
+
+    @property
+    def head_seq(self) -> int:
+        """The highest committed seq."""
+        ...
+
+    def cursor(self, forwarder: str) -> int:
+        """The committed cursor of ``forwarder``."""
+        ...
+
+    def add_listener(self, listener: AppendListener) -> None:
+        """Call ``listener(summary)`` after every commit that appended events."""
+        ...
+
+    def remove_listener(self, listener: AppendListener) -> None:
+        """Stop calling ``listener``."""
+        ...
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Return once an event with a seq above ``seq`` has been committed."""
+        ...
+
+    async def read_after(self, forwarder: str, after_seq: int, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` events for ``forwarder`` after ``after_seq``, in order."""
+        ...
+
+    async def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read-only query."""
+        ...
+
+    def ack(self, forwarder: str, seq: int) -> None:
+        """Advance the cursor with the next group commit (not awaited)."""
+        ...
+
+    def submit(self, statements: list[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Statements for the next group commit (not awaited)."""
+        ...
+
+    async def execute(
+        self,
+        statements: list[tuple[str, Sequence[Sequence[Any]]]],
+        acks: dict[str, int] | None = None,
+    ) -> None:
+        """Statements and acks in the next group commit, awaited."""
+        ...
+
+
 @dataclass
 class ForwarderStatus:
     """The live state of one forwarder, as metrics and the admin API show it."""
@@ -96,7 +150,7 @@ class DeliveryWorker:
     def __init__(
         self,
         spec: WebhookForwarderConfig,
-        buffer: EventBuffer,
+        buffer: DeliveryBuffer,
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
@@ -172,20 +226,20 @@ class DeliveryWorker:
             self._session = None
         return finished
 
-    def _on_append(self, stored: Sequence[StoredEvent]) -> None:
-        if not self.spec.enabled:
+    def _on_append(self, summary: AppendSummary) -> None:
+        # Summaries are per commit and the head only moves between commits, so
+        # a summary is either wholly counted at start or wholly new.
+        if not self.spec.enabled or summary.last_seq <= self._counted_upto:
             return
-        added = 0
-        for event in stored:
-            if event.seq <= self._counted_upto:
-                continue
-            if (
-                event.only_forwarder is None or event.only_forwarder == self.name
-            ) and self.filter.accepts(event.event_type):
-                added += 1
-                if self.status.oldest_pending_at is None:
-                    self.status.oldest_pending_at = event.received_at
-        self.status.pending += added
+        accepts = self.filter.accepts
+        added = sum(n for kind, n in summary.by_type.items() if accepts(kind))
+        for kind, n in summary.replays.get(self.name, {}).items():
+            if accepts(kind):
+                added += n
+        if added:
+            self.status.pending += added
+            if self.status.oldest_pending_at is None:
+                self.status.oldest_pending_at = summary.first_received_at
 
     def oldest_pending_age(self) -> float:
         """Seconds since the oldest pending event was accepted (0 when none)."""

@@ -1,7 +1,11 @@
 """Prometheus collectors, registered on an injected ``CollectorRegistry``.
 
 The metric names are a public interface (alerts and dashboards are written
-against them) and must not change. Counters and histograms are updated where
+against them) and must not change. The daemon and its delivery process each
+own part of them (``part="ingest"`` / ``part="delivery"``): every collector
+exists in both, so code can always update it, but each is registered only
+where it is updated, and the daemon serves both registries' text as one
+exposition with no family twice. Counters and histograms are updated where
 things happen; gauges that describe the buffer are computed at scrape time
 from state the daemon already holds in memory (cursors, counts, the oldest
 pending event each worker knows about), so a scrape never scans a table.
@@ -10,6 +14,7 @@ pending event each worker knows about), so a scrape never scans a table.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -30,18 +35,12 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 AGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 
 
-class ForwarderGauges(Collector):
-    """Per-forwarder and buffer gauges, read at scrape time from live daemon state."""
+class BufferGauges(Collector):
+    """What the buffer holds, read at scrape time from the daemon's memory and a stat."""
 
-    def __init__(
-        self,
-        buffer_events: Callable[[], int],
-        buffer_bytes: Callable[[], int],
-        forwarders: Callable[[], Iterable[tuple[str, int, float]]],
-    ) -> None:
+    def __init__(self, buffer_events: Callable[[], int], buffer_bytes: Callable[[], int]) -> None:
         self._buffer_events = buffer_events
         self._buffer_bytes = buffer_bytes
-        self._forwarders = forwarders
 
     def collect(self) -> Iterable[Metric]:
         """Yield the gauge families (called by the registry on every scrape)."""
@@ -54,6 +53,17 @@ class ForwarderGauges(Collector):
             "Bytes the buffer occupies on disk now (database file plus WAL).",
         )
         size.add_metric([], self._buffer_bytes())
+        return [events, size]
+
+
+class ForwarderGauges(Collector):
+    """Pending events and the oldest pending age per forwarder, from the workers' memory."""
+
+    def __init__(self, forwarders: Callable[[], Iterable[tuple[str, int, float]]]) -> None:
+        self._forwarders = forwarders
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the gauge families (called by the registry on every scrape)."""
         pending = GaugeMetricFamily(
             "audit_forwarder_pending_events",
             "Events accepted but not yet delivered or dead-lettered, per forwarder.",
@@ -67,76 +77,88 @@ class ForwarderGauges(Collector):
         for name, pending_count, oldest_age in self._forwarders():
             pending.add_metric([name], pending_count)
             oldest.add_metric([name], oldest_age)
-        return [events, size, pending, oldest]
+        return [pending, oldest]
+
+
+Part = Literal["all", "ingest", "delivery"]
 
 
 class Metrics:
-    """Every collector of the daemon, on one registry."""
+    """Every collector of the daemon; those of ``part`` are registered on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, part: Part = "all") -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+        ingest = self.registry if part in ("all", "ingest") else None
+        delivery = self.registry if part in ("all", "delivery") else None
         self.events_received = Counter(
             "audit_forwarder_events_received",
             "Events accepted into the buffer.",
             ["transport"],
-            registry=r,
+            registry=ingest,
         )
         self.events_rejected = Counter(
             "audit_forwarder_events_rejected",
             "Events or requests refused at ingest, by reason.",
             ["reason"],
-            registry=r,
+            registry=ingest,
         )
         self.events_delivered = Counter(
             "audit_forwarder_events_delivered",
             "Events delivered with a 2xx answer.",
             ["forwarder"],
-            registry=r,
+            registry=delivery,
         )
         self.events_dead_lettered = Counter(
             "audit_forwarder_events_dead_lettered",
             "Events moved to the dead-letter table.",
             ["forwarder"],
-            registry=r,
+            registry=delivery,
         )
         self.delivery_attempts = Counter(
             "audit_forwarder_delivery_attempts",
             "Delivery attempts by outcome (success, retry, dead_letter) and code.",
             ["forwarder", "outcome", "code"],
-            registry=r,
+            registry=delivery,
         )
         self.delivery_duration = Histogram(
             "audit_forwarder_delivery_duration_seconds",
             "Latency of delivery requests.",
             ["forwarder"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
+            registry=delivery,
         )
         self.last_success = Gauge(
             "audit_forwarder_last_success_timestamp_seconds",
             "Unix time of the last successful delivery.",
             ["forwarder"],
-            registry=r,
+            registry=delivery,
         )
         self.ingest_to_delivery = Histogram(
             "audit_forwarder_ingest_to_delivery_seconds",
             "Time from an event's acknowledgement to its 2xx delivery.",
             ["forwarder"],
             buckets=AGE_BUCKETS,
-            registry=r,
+            registry=delivery,
         )
         self.config_reloads = Counter(
             "audit_forwarder_config_reloads",
             "Configuration reloads by result.",
             ["result"],
-            registry=r,
+            registry=ingest,
         )
         self.build_info = Gauge(
-            "audit_forwarder_build_info", "Build information.", ["version"], registry=r
+            "audit_forwarder_build_info", "Build information.", ["version"], registry=ingest
         )
         self.build_info.labels(version=__version__).set(1)
 
-    def attach_gauges(self, gauges: ForwarderGauges) -> None:
-        """Register the scrape-time gauges (once the buffer and workers exist)."""
-        self.registry.register(gauges)
+    def attach(self, collector: Collector) -> None:
+        """Register a scrape-time collector (once the state it reads exists)."""
+        self.registry.register(collector)
+
+
+def counter_total(counter: Counter) -> int:
+    """The sum of a labelled counter's series."""
+    total = 0.0
+    for metric in counter.collect():
+        total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+    return int(total)

@@ -25,6 +25,8 @@ class ProbeState:
 
     metrics: Metrics
     ping_database: Callable[[], Awaitable[None]] | None = None
+    # The delivery process's part of the exposition, appended to ours.
+    more_metrics: Callable[[], Awaitable[bytes]] | None = None
     ready: bool = False
     phase: str = "starting"
 
@@ -34,7 +36,10 @@ PROBE_KEY = web.AppKey("probe_state", ProbeState)
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """Prometheus text exposition of the daemon's registry."""
-    payload = generate_latest(request.app[PROBE_KEY].metrics.registry)
+    state = request.app[PROBE_KEY]
+    payload = generate_latest(state.metrics.registry)
+    if state.more_metrics is not None:
+        payload += await state.more_metrics()
     return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

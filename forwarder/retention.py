@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from forwarder.buffer import EventBuffer
@@ -37,7 +37,7 @@ class Housekeeper:
         buffer: EventBuffer,
         retention_seconds: float,
         history_max_rows: int,
-        forwarders: Callable[[], Iterable[tuple[str, int, float]]],
+        forwarders: Callable[[], Awaitable[Iterable[tuple[str, int, float]]]],
         *,
         check_interval: float = 60.0,
         clock: Callable[[], float] = time.time,
@@ -83,7 +83,7 @@ class Housekeeper:
         deleted["delivery_attempts"] += await self._trim_history()
         if any(deleted.values()):
             log.info("retention_purged", retention_hours=self.retention_seconds / 3600, **deleted)
-        for name, pending, oldest_age in self._pending():
+        for name, pending, oldest_age in await self._pending():
             if pending and oldest_age > self.retention_seconds:
                 # Never dropped for age: the operator decides (fix the receiver,
                 # or set retry.maxAgeSeconds to dead-letter instead).
@@ -114,7 +114,7 @@ class Housekeeper:
 
     async def _trim_history(self) -> int:
         total = 0
-        for forwarder, _, _ in self._pending():
+        for forwarder, _, _ in await self._pending():
             rows = await self._buffer.query(
                 "SELECT id FROM delivery_attempts WHERE forwarder = ?"
                 " ORDER BY id DESC LIMIT 1 OFFSET ?",

@@ -15,6 +15,7 @@ from forwarder.admin import AdminContext, _is_local, add_admin_routes
 from forwarder.buffer import EventBuffer
 from forwarder.config import IngestConfig, WebhookForwarderConfig
 from forwarder.delivery import INSERT_DEAD_LETTER, DeliveryWorker
+from forwarder.forwarders import LocalForwarders
 from forwarder.ids import IdGenerator
 from forwarder.ingest import IngestContext, build_ingest_app
 from forwarder.metrics import Metrics
@@ -44,7 +45,8 @@ async def client(
 ) -> Client:
     """The ingest app with the admin routes, workers constructed but not started."""
     metrics = Metrics(CollectorRegistry())
-    workers = {
+    forwarders = LocalForwarders(buffer, metrics, on_failure=lambda task, exc: None)
+    forwarders.workers = {
         name: DeliveryWorker(
             WebhookForwarderConfig(name=name, kind="webhook", uri=f"https://{name}.example/in"),
             buffer,
@@ -52,9 +54,8 @@ async def client(
         )
         for name in ("siem", "archive")
     }
-    ids = IdGenerator()
-    app = build_ingest_app(IngestContext(buffer, IngestConfig(), metrics, ids), "http")
-    add_admin_routes(app, AdminContext(lambda: workers, buffer, ids, lambda: None), "http")
+    app = build_ingest_app(IngestContext(buffer, IngestConfig(), metrics, IdGenerator()), "http")
+    add_admin_routes(app, AdminContext(forwarders, buffer, lambda: None), "http")
     return await aiohttp_client(app)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,15 @@ def dead_row(forwarder: str, at: float, n: int) -> tuple[object, ...]:
     return (forwarder, n, f"e-{n}", "t", at, at, 400, "400", "HTTP 400", b"", b"{}")
 
 
+def gauges(*rows: tuple[str, int, float]) -> Callable[[], Awaitable[list[tuple[str, int, float]]]]:
+    """An async (name, pending, oldest age) provider, as the delivery process answers it."""
+
+    async def provide() -> list[tuple[str, int, float]]:
+        return list(rows)
+
+    return provide
+
+
 async def count(buffer: EventBuffer, table: str) -> int:
     """Rows in ``table``."""
     return int((await buffer.query(f"SELECT count(*) FROM {table}"))[0][0])
@@ -51,7 +60,7 @@ async def test_rows_older_than_retention_are_purged_and_newer_kept(buffer: Event
             (INSERT_DEAD_LETTER, [dead_row("siem", NOW - 2 * DAY, n) for n in range(3)]),
         ]
     )
-    keeper = Housekeeper(buffer, 7 * DAY, 1000, lambda: [("siem", 0, 0.0)], clock=lambda: NOW)
+    keeper = Housekeeper(buffer, 7 * DAY, 1000, gauges(("siem", 0, 0.0)), clock=lambda: NOW)
     with capture_logs() as logs:
         deleted = await keeper.purge_once()
     assert deleted == {"delivery_attempts": 30, "dead_letters": 4}
@@ -70,7 +79,7 @@ async def test_history_is_capped_per_forwarder_keeping_the_newest(buffer: EventB
         ]
     )
     keeper = Housekeeper(
-        buffer, 7 * DAY, 20, lambda: [("siem", 0, 0.0), ("other", 0, 0.0)], clock=lambda: NOW
+        buffer, 7 * DAY, 20, gauges(("siem", 0, 0.0), ("other", 0, 0.0)), clock=lambda: NOW
     )
     deleted = await keeper.purge_once()
     assert deleted["delivery_attempts"] == 30
@@ -85,7 +94,7 @@ async def test_chunked_purge_removes_more_rows_than_one_chunk(buffer: EventBuffe
     """A purge larger than one delete chunk still removes everything past retention."""
     rows = [attempt_row("siem", NOW - 30 * DAY, n) for n in range(45_000)]
     await buffer.execute([(INSERT_ATTEMPT, rows)])
-    keeper = Housekeeper(buffer, DAY, 10**9, lambda: [("siem", 0, 0.0)], clock=lambda: NOW)
+    keeper = Housekeeper(buffer, DAY, 10**9, gauges(("siem", 0, 0.0)), clock=lambda: NOW)
     assert (await keeper.purge_once())["delivery_attempts"] == 45_000
     assert await count(buffer, "delivery_attempts") == 0
 
@@ -93,8 +102,8 @@ async def test_chunked_purge_removes_more_rows_than_one_chunk(buffer: EventBuffe
 async def test_pending_events_past_retention_are_logged_never_deleted(buffer: EventBuffer) -> None:
     """Old undelivered events raise a warning; the events themselves stay in the buffer."""
     await buffer.append([EventRecord("e-1", "t", b"{}", False)])
-    ages = [("siem", 1, 8 * DAY), ("fresh", 2, 60.0)]
-    keeper = Housekeeper(buffer, 7 * DAY, 1000, lambda: ages, clock=lambda: NOW)
+    ages = gauges(("siem", 1, 8 * DAY), ("fresh", 2, 60.0))
+    keeper = Housekeeper(buffer, 7 * DAY, 1000, ages, clock=lambda: NOW)
     with capture_logs() as logs:
         await keeper.purge_once()
     warnings = [e for e in logs if e["event"] == "pending_events_past_retention"]
@@ -108,7 +117,7 @@ async def test_pending_events_past_retention_are_logged_never_deleted(buffer: Ev
 async def test_periodic_task_purges_at_start_and_stops_cleanly(buffer: EventBuffer) -> None:
     """start() runs a purge at once; stop() is safe twice."""
     await buffer.execute([(INSERT_ATTEMPT, [attempt_row("siem", NOW - 30 * DAY, 1)])])
-    keeper = Housekeeper(buffer, DAY, 1000, lambda: [("siem", 0, 0.0)], clock=lambda: NOW)
+    keeper = Housekeeper(buffer, DAY, 1000, gauges(("siem", 0, 0.0)), clock=lambda: NOW)
     keeper.start()
 
     async def purged() -> bool:
