@@ -39,7 +39,6 @@ from forwarder.buffer import EventBuffer
 from forwarder.config import Settings
 from forwarder.delivery_process import DeliveryProcess
 from forwarder.errors import ForwarderError
-from forwarder.ids import IdGenerator
 from forwarder.ingest import IngestContext, build_ingest_app
 from forwarder.logs import configure_logging, get_logger, redactor
 from forwarder.metrics import BufferGauges, Metrics, counter_total
@@ -67,7 +66,10 @@ class Daemon:
         # Listeners and the buffer are bound once; a reload cannot move them.
         self._bound = settings
         self.metrics = metrics if metrics is not None else Metrics(part="ingest")
-        self.buffer = EventBuffer(settings.buffer.path, synchronous=settings.buffer.synchronous)
+        # No in-memory tail: delivery reads the file from its own process.
+        self.buffer = EventBuffer(
+            settings.buffer.path, synchronous=settings.buffer.synchronous, recent_capacity=0
+        )
         self.delivery = DeliveryProcess(self.buffer, config_path, self._delivery_failed)
         self.housekeeper = Housekeeper(
             self.buffer,
@@ -82,7 +84,6 @@ class Daemon:
             self.buffer,
             settings.ingest,
             self.metrics,
-            IdGenerator(),
             max_buffer_bytes=settings.buffer.max_bytes,
         )
         self.admin = AdminContext(self.delivery, self.buffer, self._ingest_token)

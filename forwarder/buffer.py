@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -57,9 +58,13 @@ _IN_CHUNK = 500  # stays below SQLite's bound-parameter limit
 
 @dataclass(slots=True)
 class EventRecord:
-    """An event parsed by ingest, ready to be appended."""
+    """An event parsed by ingest, ready to be appended.
 
-    event_id: str
+    ``event_id`` is None when the client sent none: the writer then assigns
+    one from the row's seq (see ``_generated_id``).
+    """
+
+    event_id: str | None
     event_type: str | None
     body: bytes
     client_supplied_id: bool
@@ -120,17 +125,17 @@ class AppendSummary:
     replays: dict[str, dict[str | None, int]]
 
     @classmethod
-    def of(cls, stored: Sequence[StoredEvent]) -> AppendSummary:
-        """Summarise committed rows (in seq order)."""
+    def of(cls, stored: Sequence[tuple[Any, ...]]) -> AppendSummary:
+        """Summarise committed rows (StoredEvent-shaped tuples, in seq order)."""
         by_type: dict[str | None, int] = {}
         replays: dict[str, dict[str | None, int]] = {}
-        for event in stored:
-            if event.only_forwarder is None:
-                by_type[event.event_type] = by_type.get(event.event_type, 0) + 1
+        for _, _, event_type, _, only_forwarder, _ in stored:
+            if only_forwarder is None:
+                by_type[event_type] = by_type.get(event_type, 0) + 1
             else:
-                counts = replays.setdefault(event.only_forwarder, {})
-                counts[event.event_type] = counts.get(event.event_type, 0) + 1
-        return cls(stored[-1].seq, stored[0].received_at, by_type, replays)
+                counts = replays.setdefault(only_forwarder, {})
+                counts[event_type] = counts.get(event_type, 0) + 1
+        return cls(stored[-1][0], stored[0][3], by_type, replays)
 
     def to_message(self) -> dict[str, Any]:
         """JSON-safe form (event types may be null, so counts are pairs)."""
@@ -164,7 +169,7 @@ class _Group:
     """The ops of one transaction and what they will change once committed."""
 
     ops: list[_Op]
-    stored: list[StoredEvent] = field(default_factory=list)
+    stored: list[tuple[Any, ...]] = field(default_factory=list)  # StoredEvent fields
     results: list[AppendResult] = field(default_factory=list)
     acks: dict[str, int] = field(default_factory=dict)
     registered: dict[str, int] = field(default_factory=dict)
@@ -206,6 +211,8 @@ class EventBuffer:
         self._last_vacuum = 0.0
         self._last_dedup_purge = 0.0
         self._vacuum_wanted = True
+        self._instance = 0
+        self._id_prefix = ""
         self._size_checked_at = 0.0
         self._size_seen = 0
 
@@ -252,6 +259,18 @@ class EventBuffer:
         self._next_seq = max(high_water or 0, max_seq or 0)
         self._purged_upto = (min_seq - 1) if min_seq is not None else self._next_seq
         self._event_count = int(count)
+        instance = await self._writer.execute_fetchall(
+            "SELECT value FROM meta WHERE key = 'instance'"
+        )
+        if instance:
+            self._instance = int(next(iter(instance))[0])
+        else:
+            self._instance = secrets.randbits(63)
+            await self._writer.execute(
+                "INSERT INTO meta (key, value) VALUES ('instance', ?)", (self._instance,)
+            )
+        text = f"{self._instance:016x}"
+        self._id_prefix = f"{text[:8]}-{text[8:12]}-8{text[13:16]}-"
         cursors = await self._writer.execute_fetchall("SELECT name, cursor FROM forwarders")
         self._cursors = {str(name): int(cursor) for name, cursor in cursors}
 
@@ -413,6 +432,16 @@ class EventBuffer:
                 ops.append(op)
             await self._commit_group(_Group(ops))
 
+    def _generated_id(self, seq: int) -> str:
+        """The id of an event the client sent without one.
+
+        UUID-shaped (version 8): this buffer's random instance number and the
+        event's seq, so ids are unique across buffers, sort in ingest order,
+        and cost a string format instead of random bytes per event.
+        """
+        text = f"{seq:016x}"  # seq < 2**60: the first digit is 0, free for the variant
+        return f"{self._id_prefix}8{text[1:4]}-{text[4:]}"
+
     def _maintenance_due(self) -> bool:
         """Whether an idle writer has delivered events to delete or pages to free."""
         floor = min(self._cursors.values(), default=self._next_seq)
@@ -495,21 +524,15 @@ class EventBuffer:
         for op in appends:
             stored = 0
             for record in op.records:
-                if record.client_supplied_id:
+                if record.client_supplied_id and record.event_id is not None:
                     if record.event_id in known:
                         continue
                     known.add(record.event_id)
                     client_rows.append((record.event_id, now))
                 seq += 1
+                event_id = record.event_id or self._generated_id(seq)
                 group.stored.append(
-                    StoredEvent(
-                        seq,
-                        record.event_id,
-                        record.event_type,
-                        now,
-                        record.only_forwarder,
-                        record.body,
-                    )
+                    (seq, event_id, record.event_type, now, record.only_forwarder, record.body)
                 )
                 stored += 1
             group.results.append(AppendResult(len(op.records), len(op.records) - stored))
@@ -592,7 +615,7 @@ class EventBuffer:
             self._purged_upto = group.purged_upto
             self._event_count -= group.purged_rows
         if group.stored:
-            self._next_seq = group.stored[-1].seq
+            self._next_seq = group.stored[-1][0]
             self._event_count += len(group.stored)
             self._remember(group.stored)
             if self._listeners:
@@ -614,8 +637,10 @@ class EventBuffer:
 
     # -- reads -----------------------------------------------------------------
 
-    def _remember(self, stored: list[StoredEvent]) -> None:
-        self._recent.extend(stored)
+    def _remember(self, stored: list[tuple[Any, ...]]) -> None:
+        if not self._recent_capacity:
+            return
+        self._recent.extend(StoredEvent._make(row) for row in stored)
         if len(self._recent) > 2 * self._recent_capacity:
             del self._recent[: len(self._recent) - self._recent_capacity]
 

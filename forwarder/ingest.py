@@ -25,7 +25,6 @@ from aiohttp import web
 from forwarder.buffer import EventBuffer, EventRecord
 from forwarder.config import IngestConfig
 from forwarder.errors import BufferUnavailableError, IngestError
-from forwarder.ids import IdGenerator
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics
 
@@ -44,7 +43,6 @@ class IngestContext:
     buffer: EventBuffer
     config: IngestConfig
     metrics: Metrics
-    ids: IdGenerator
     max_buffer_bytes: int | None = None
     accepting: bool = True
 
@@ -93,9 +91,7 @@ def check_token(request: web.Request, expected: str | None) -> None:
         raise IngestError(401, "unauthorized", "missing or wrong ingest token")
 
 
-def _event_record(
-    event: Any, raw: bytes | None, where: str, ids: IdGenerator, max_event_bytes: int
-) -> EventRecord:
+def _event_record(event: Any, raw: bytes | None, where: str, max_event_bytes: int) -> EventRecord:
     if not isinstance(event, dict):
         raise IngestError(400, "malformed", f"{where}an event must be a JSON object")
     if raw is not None:
@@ -113,7 +109,7 @@ def _event_record(
         )
     event_id = event.get("id")
     if event_id is None:
-        return EventRecord(ids.new(), _event_type(event), body, False)
+        return EventRecord(None, _event_type(event), body, False)
     if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
         raise IngestError(
             400, "malformed", f"{where}id must be a non-empty string of at most 256 characters"
@@ -129,7 +125,7 @@ def _event_type(event: dict[str, Any]) -> str | None:
     return None
 
 
-def parse_json(body: bytes, ids: IdGenerator, max_event_bytes: int) -> list[EventRecord]:
+def parse_json(body: bytes, max_event_bytes: int) -> list[EventRecord]:
     """Parse an ``application/json`` body: one object or an array of objects."""
     try:
         document = orjson.loads(body)
@@ -137,13 +133,13 @@ def parse_json(body: bytes, ids: IdGenerator, max_event_bytes: int) -> list[Even
         raise IngestError(400, "malformed", f"malformed JSON: {exc}") from None
     if isinstance(document, list):
         return [
-            _event_record(event, None, f"event {index}: ", ids, max_event_bytes)
+            _event_record(event, None, f"event {index}: ", max_event_bytes)
             for index, event in enumerate(document)
         ]
-    return [_event_record(document, body.strip(), "", ids, max_event_bytes)]
+    return [_event_record(document, body.strip(), "", max_event_bytes)]
 
 
-def parse_ndjson(body: bytes, ids: IdGenerator, max_event_bytes: int) -> list[EventRecord]:
+def parse_ndjson(body: bytes, max_event_bytes: int) -> list[EventRecord]:
     """Parse an ``application/x-ndjson`` body: one object per line, blank lines skipped."""
     records: list[EventRecord] = []
     for number, line in enumerate(body.split(b"\n"), start=1):
@@ -154,7 +150,7 @@ def parse_ndjson(body: bytes, ids: IdGenerator, max_event_bytes: int) -> list[Ev
             event = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise IngestError(400, "malformed", f"line {number}: malformed JSON: {exc}") from None
-        records.append(_event_record(event, line, f"line {number}: ", ids, max_event_bytes))
+        records.append(_event_record(event, line, f"line {number}: ", max_event_bytes))
     return records
 
 
@@ -203,7 +199,7 @@ async def post_events(request: web.Request) -> web.Response:
                 "buffer_full", "the buffer has reached buffer.maxBytes", retry_after_seconds=5
             )
         body = await read_body(request, context.config.max_request_bytes)
-        records = parse(body, context.ids, context.config.max_event_bytes)
+        records = parse(body, context.config.max_event_bytes)
         if not records:
             raise IngestError(400, "malformed", "the request holds no events")
         result = await context.buffer.append(records)

@@ -16,7 +16,6 @@ from forwarder.buffer import EventBuffer
 from forwarder.config import IngestConfig, WebhookForwarderConfig
 from forwarder.delivery import INSERT_DEAD_LETTER, DeliveryWorker
 from forwarder.forwarders import LocalForwarders
-from forwarder.ids import IdGenerator
 from forwarder.ingest import IngestContext, build_ingest_app
 from forwarder.metrics import Metrics
 
@@ -54,7 +53,7 @@ async def client(
         )
         for name in ("siem", "archive")
     }
-    app = build_ingest_app(IngestContext(buffer, IngestConfig(), metrics, IdGenerator()), "http")
+    app = build_ingest_app(IngestContext(buffer, IngestConfig(), metrics), "http")
     add_admin_routes(app, AdminContext(forwarders, buffer, lambda: None), "http")
     return await aiohttp_client(app)
 
