@@ -52,6 +52,8 @@ log = get_logger("buffer")
 PURGE_CHUNK_ROWS = 50_000
 PURGE_INTERVAL_SECONDS = 1.0
 VACUUM_INTERVAL_SECONDS = 10.0
+VACUUM_STEP_PAGES = 8192  # 32 MiB of 4 KiB pages per transaction
+VACUUM_STEP_PAUSE = 0.2
 MAX_GROUP_OPS = 4096
 _IN_CHUNK = 500  # stays below SQLite's bound-parameter limit
 
@@ -176,6 +178,7 @@ class _Group:
     removed: set[str] = field(default_factory=set)
     purged_upto: int | None = None
     purged_rows: int = 0
+    vacuum_pages: int = 0
 
 
 class EventBuffer:
@@ -211,6 +214,7 @@ class EventBuffer:
         self._last_vacuum = 0.0
         self._last_dedup_purge = 0.0
         self._vacuum_wanted = True
+        self._free_pages_left = False
         self._instance = 0
         self._id_prefix = ""
         self._size_checked_at = 0.0
@@ -415,8 +419,10 @@ class EventBuffer:
     async def _write_loop(self) -> None:
         stopping = False
         while not stopping:
+            # Idle with cleanup left (a drained backlog): keep going in small steps.
+            idle_wait = 0.05 if self._cleanup_backlog() else PURGE_INTERVAL_SECONDS
             try:
-                first = await asyncio.wait_for(self._queue.get(), PURGE_INTERVAL_SECONDS)
+                first = await asyncio.wait_for(self._queue.get(), idle_wait)
             except TimeoutError:
                 if self._maintenance_due():
                     await self._commit_group(_Group([]))
@@ -442,13 +448,16 @@ class EventBuffer:
         text = f"{seq:016x}"  # seq < 2**60: the first digit is 0, free for the variant
         return f"{self._id_prefix}8{text[1:4]}-{text[4:]}"
 
+    def _cleanup_backlog(self) -> bool:
+        """Delivered events still to delete, or free pages still to hand back."""
+        floor = min(self._cursors.values(), default=self._next_seq)
+        return floor > self._purged_upto or self._free_pages_left
+
     def _maintenance_due(self) -> bool:
         """Whether an idle writer has delivered events to delete or pages to free."""
         floor = min(self._cursors.values(), default=self._next_seq)
         return floor > self._purged_upto or (
-            self._clock() - self._last_vacuum >= VACUUM_INTERVAL_SECONDS
-            and self._event_count == 0
-            and self._vacuum_wanted
+            self._clock() - self._last_vacuum >= VACUUM_INTERVAL_SECONDS and self._vacuum_wanted
         )
 
     async def _commit_group(self, group: _Group) -> None:
@@ -470,6 +479,23 @@ class EventBuffer:
             self._fail_group(group, exc)
             raise
         self._apply_group(group)
+        if group.vacuum_pages:
+            await self._vacuum(conn, group.vacuum_pages, truncate_wal=not self._free_pages_left)
+
+    async def _vacuum(self, conn: aiosqlite.Connection, pages: int, truncate_wal: bool) -> None:
+        """Hand up to ``pages`` free pages back to the file system, in its own transaction.
+
+        Through executescript: sqlite3's execute() steps a statement once, and
+        each step of incremental_vacuum frees a single page.
+        """
+        script = f"PRAGMA incremental_vacuum({int(pages)});"
+        if truncate_wal:
+            # The last step: checkpoint so the shorter file and WAL reach the disk.
+            script += "PRAGMA wal_checkpoint(TRUNCATE);"
+        try:
+            await conn.executescript(script)
+        except sqlite3.Error as exc:
+            log.warning("buffer_vacuum_failed", error=str(exc))
 
     async def _write_group(self, conn: aiosqlite.Connection, group: _Group) -> None:
         now = self._clock()
@@ -588,8 +614,13 @@ class EventBuffer:
             rows = await conn.execute_fetchall("PRAGMA freelist_count")
             free_pages = int(next(iter(rows))[0])
             self._vacuum_wanted = free_pages >= 1024
+            self._free_pages_left = free_pages > VACUUM_STEP_PAGES
             if self._vacuum_wanted:
-                await conn.execute_fetchall(f"PRAGMA incremental_vacuum({free_pages})")
+                # In steps, so one transaction never holds the write lock for long;
+                # while pages are left the next step comes soon, not in 10 s.
+                group.vacuum_pages = min(free_pages, VACUUM_STEP_PAGES)
+                if self._free_pages_left:
+                    self._last_vacuum = now - VACUUM_INTERVAL_SECONDS + VACUUM_STEP_PAUSE
 
     def _fail_group(self, group: _Group, exc: BaseException) -> None:
         full = isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
@@ -604,6 +635,13 @@ class EventBuffer:
             if future is not None and not future.done():
                 future.set_exception(error)
 
+    def _apply_purge(self, group: _Group) -> None:
+        if group.purged_upto is not None:
+            self._purged_upto = group.purged_upto
+            self._event_count -= group.purged_rows
+            if group.purged_rows:
+                self._vacuum_wanted = True  # deleted rows leave free pages to hand back
+
     def _apply_group(self, group: _Group) -> None:
         for name in group.removed:
             self._cursors.pop(name, None)
@@ -611,9 +649,7 @@ class EventBuffer:
         for name, seq in group.acks.items():
             if name in self._cursors:
                 self._cursors[name] = max(self._cursors[name], seq)
-        if group.purged_upto is not None:
-            self._purged_upto = group.purged_upto
-            self._event_count -= group.purged_rows
+        self._apply_purge(group)
         if group.stored:
             self._next_seq = group.stored[-1][0]
             self._event_count += len(group.stored)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -454,3 +455,26 @@ async def test_disk_full_fails_the_append_and_stores_nothing(
     await writer.execute_fetchall("PRAGMA max_page_count = 1073741823")
     assert await buffer.append([record(2), big]) == AppendResult(2, 0)
     assert [e.seq for e in await buffer.read_after("f", 0, 10)] == [1, 2, 3]
+
+
+async def test_file_returns_near_its_empty_size_after_a_backlog_drains(
+    open_buffer: OpenBuffer, tmp_path: Path
+) -> None:
+    """Once a backlog is delivered, an idle buffer deletes it and hands the pages back."""
+    fast = lambda: time.time() * 100  # noqa: E731  maintenance intervals pass 100x faster
+    buffer = await open_buffer(clock=fast, recent_capacity=0)
+    empty = buffer.size_bytes()
+    body = b'{"pad": "' + b"x" * 2000 + b'"}'
+    for _ in range(20):
+        await buffer.append([EventRecord(None, "t", body, False) for _ in range(2_000)])
+    full = buffer.size_bytes()
+    assert full > 80 * 1024 * 1024
+    await buffer.execute([], acks={"f": buffer.head_seq})  # everything delivered
+
+    await wait_for(lambda: buffer.event_count == 0, timeout=30, message="the purge")
+    await wait_for(
+        lambda: buffer.size_bytes() < empty + 20 * 1024 * 1024,
+        timeout=60,
+        message="the file to shrink back",
+    )
+    assert on_disk(tmp_path / "buffer.db", "SELECT count(*) FROM events") == [(0,)]
