@@ -42,9 +42,11 @@ format: $(DEV_STAMP)
 	$(BIN)/ruff format forwarder tests bench
 	$(BIN)/ruff check --fix forwarder tests bench
 
-## bench: the ingest throughput benchmark (see README, Performance)
+## bench: every benchmark scenario next to syslog-ng (see README, Performance);
+## BENCH_ARGS="--quick" or "--only 1,2" or "--events N" to scale it down
 bench: $(STAMP)
-	$(BIN)/python -m bench.ingest
+	./scripts/install-bench-tools.sh
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
