@@ -55,7 +55,13 @@ VACUUM_INTERVAL_SECONDS = 10.0
 VACUUM_STEP_PAGES = 8192  # 32 MiB of 4 KiB pages per transaction
 VACUUM_STEP_PAUSE = 0.2
 MAX_GROUP_OPS = 4096
-_IN_CHUNK = 500  # stays below SQLite's bound-parameter limit
+_IN_CHUNK = 500
+# One forwarder's next events, by primary-key range (shared with the delivery process).
+READ_AFTER = (
+    "SELECT seq, event_id, event_type, received_at, only_forwarder, body FROM events"
+    " WHERE seq > ? AND (only_forwarder IS NULL OR only_forwarder = ?)"
+    " ORDER BY seq LIMIT ?"
+)  # stays below SQLite's bound-parameter limit
 
 
 @dataclass(slots=True)
@@ -694,12 +700,7 @@ class EventBuffer:
             return picked
         if self._reader is None:
             raise BufferUnavailableError("closed", "the buffer is closed")
-        rows = await self._reader.execute_fetchall(
-            "SELECT seq, event_id, event_type, received_at, only_forwarder, body FROM events"
-            " WHERE seq > ? AND (only_forwarder IS NULL OR only_forwarder = ?)"
-            " ORDER BY seq LIMIT ?",
-            (after_seq, forwarder, limit),
-        )
+        rows = await self._reader.execute_fetchall(READ_AFTER, (after_seq, forwarder, limit))
         return [StoredEvent(*row) for row in rows]
 
     async def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import aiosqlite
 
-from forwarder.buffer import AppendListener, AppendSummary, StoredEvent
+from forwarder.buffer import READ_AFTER, AppendListener, AppendSummary, StoredEvent
 from forwarder.errors import BufferUnavailableError
 from forwarder.ipc import Channel
 from forwarder.logs import get_logger
@@ -130,12 +130,7 @@ class RemoteBuffer:
 
     async def read_after(self, forwarder: str, after_seq: int, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` events for ``forwarder`` after ``after_seq``, by primary-key range."""
-        rows = await self.query(
-            "SELECT seq, event_id, event_type, received_at, only_forwarder, body FROM events"
-            " WHERE seq > ? AND (only_forwarder IS NULL OR only_forwarder = ?)"
-            " ORDER BY seq LIMIT ?",
-            (after_seq, forwarder, limit),
-        )
+        rows = await self.query(READ_AFTER, (after_seq, forwarder, limit))
         return [StoredEvent(*row) for row in rows]
 
     async def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

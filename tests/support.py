@@ -310,3 +310,17 @@ async def post_events(
     ):
         payload = await response.json(content_type=None)
         return response.status, payload, dict(response.headers)
+
+
+async def run_cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """Run the real console script without blocking the loop the receivers run on."""
+    process = await asyncio.create_subprocess_exec(
+        CLI,
+        *args,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

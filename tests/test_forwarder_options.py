@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import sqlite3
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,26 +18,17 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import ReceiverFactory
 from tests.support import (
-    CLI,
     DaemonProcess,
     Reply,
     ScriptedReceiver,
     daemon_config,
     forwarder_config,
     post_events,
+    run_cli,
     wait_for,
 )
 
 MakeDaemon = Callable[..., DaemonProcess]
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    """The real console script, without blocking the receivers' event loop."""
-    process = await asyncio.create_subprocess_exec(
-        CLI, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    return int(process.returncode or 0), out.decode(), err.decode()
 
 
 def ndjson(events: list[dict[str, Any]]) -> str:

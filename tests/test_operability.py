@@ -20,13 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from forwarder import __version__
 from tests.conftest import ReceiverFactory
 from tests.support import (
-    CLI,
     DaemonProcess,
     Reply,
     ScriptedReceiver,
     daemon_config,
     forwarder_config,
     post_events,
+    run_cli,
     wait_for,
 )
 
@@ -57,20 +57,6 @@ async def scrape(daemon: DaemonProcess) -> Samples:
 def value(samples: Samples, name: str, **labels: str) -> float | None:
     """One sample's value, or None when the series does not exist."""
     return samples.get((name, frozenset(labels.items())))
-
-
-async def run_cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-    """Run the real console script without blocking the loop the receivers run on."""
-    process = await asyncio.create_subprocess_exec(
-        CLI,
-        *args,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def free_port() -> int:
