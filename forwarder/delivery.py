@@ -344,8 +344,8 @@ class DeliveryWorker:
             batch = await self._next_batch()
             if batch is None:
                 return
-            self._fit(batch, self._clock())
-            if not await self._deliver_in_parts(batch):
+            built = self._fit(batch, self._clock())
+            if not await self._deliver_in_parts(batch, built):
                 return  # stopping while still failing: the events stay pending
 
     async def _follow_head_while_disabled(self) -> None:
@@ -355,13 +355,13 @@ class DeliveryWorker:
             self._ack(self._read_upto)
             await self._wait_for_events(None)
 
-    async def _deliver_in_parts(self, batch: list[StoredEvent]) -> bool:
-        """Deliver ``batch``, splitting on 413; False if stopped before it was done."""
+    async def _deliver_in_parts(self, batch: list[StoredEvent], built: BuiltRequest) -> bool:
+        """Deliver ``batch`` (already built once), splitting on 413; False if stopped first."""
         parts = [batch]
         while parts:
             part = parts.pop()
             self.status.oldest_pending_at = part[0].received_at
-            outcome = await self._deliver(part)
+            outcome = await self._deliver(part, built if part is batch else None)
             if outcome is None:
                 return False
             if outcome == "split":
@@ -376,15 +376,22 @@ class DeliveryWorker:
             self.status.oldest_pending_at = following.received_at if following else None
         return True
 
-    async def _deliver(self, batch: list[StoredEvent]) -> str | None:
-        """Send until "delivered", "dead_lettered" or "split"; None if stopped first."""
+    async def _deliver(self, batch: list[StoredEvent], first: BuiltRequest | None) -> str | None:
+        """Send until "delivered", "dead_lettered" or "split"; None if stopped first.
+
+        ``first`` is the request already built for this batch (by ``_fit``);
+        every retry is rebuilt so its signature timestamp is fresh.
+        """
         assert self._session is not None
         retry = self.spec.retry
         attempt = 0
         while True:
             attempt += 1
             self.status.last_attempt_at = self._clock()
-            request = self.requests.build(batch, self.status.last_attempt_at).request
+            if attempt == 1 and first is not None:
+                request = first.request
+            else:
+                request = self.requests.build(batch, self.status.last_attempt_at).request
             started = time.monotonic()
             try:
                 response = await send_request(

@@ -101,7 +101,6 @@ class DeliveryChild:
         except ConfigError as exc:
             raise RuntimeError(f"the configuration changed again while reloading: {exc}") from None
         configure_logging(settings.logging.level, settings.logging.format)
-        structlog.contextvars.bind_contextvars(process="delivery")
         redactor.update(self.settings.secrets() + settings.secrets())
         self.forwarders.grace_seconds = settings.shutdown_grace_seconds
         plan = await self.forwarders.prepare(settings.audit_log_forwarders)

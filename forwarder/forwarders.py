@@ -63,23 +63,30 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
-def mask_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers with secret values replaced: ``Bearer ***``, ``***``."""
+def mask_headers(headers: Mapping[str, str], token_header: str = "") -> dict[str, str]:
+    """Headers with secret values replaced: ``Bearer ***``, ``***``.
+
+    ``token_header`` is the header the forwarder's auth puts its token in
+    (any name with ``auth.type: header``), masked along the well-known ones.
+    """
+    secret_names = SECRET_HEADERS | {token_header.lower()}
     masked = {}
     for name, value in headers.items():
-        if name.lower() in SECRET_HEADERS:
+        if name.lower() in secret_names:
             scheme, _, secret = value.partition(" ")
             value = f"{scheme} ***" if secret else "***"
         masked[name] = value
     return masked
 
 
-def describe_request(request: OutgoingRequest, display_url: str) -> dict[str, Any]:
+def describe_request(
+    request: OutgoingRequest, display_url: str, token_header: str = ""
+) -> dict[str, Any]:
     """The request as the admin API shows it, secrets masked (query token included)."""
     return {
         "method": request.method,
         "url": display_url,
-        "headers": mask_headers(request.headers),
+        "headers": mask_headers(request.headers, token_header),
         "body": request.body.decode("utf-8", "replace"),
     }
 
@@ -203,7 +210,9 @@ class LocalForwarders:
         outgoing = worker.requests.build([test_event(self._ids, name)], time.time()).request
         result: dict[str, Any] = {
             "forwarder": name,
-            "request": describe_request(outgoing, worker.requests.display_url),
+            "request": describe_request(
+                outgoing, worker.requests.display_url, worker.spec.auth.header
+            ),
             "ok": False,
             "response": None,
             "error": None,

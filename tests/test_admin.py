@@ -15,9 +15,10 @@ from forwarder.admin import AdminContext, _is_local, add_admin_routes
 from forwarder.buffer import EventBuffer
 from forwarder.config import IngestConfig, WebhookForwarderConfig
 from forwarder.delivery import INSERT_DEAD_LETTER, DeliveryWorker
-from forwarder.forwarders import LocalForwarders
+from forwarder.forwarders import LocalForwarders, describe_request
 from forwarder.ingest import IngestContext, build_ingest_app
 from forwarder.metrics import Metrics
+from forwarder.requests import RequestBuilder
 
 Client = TestClient[web.Request, web.Application]
 
@@ -169,3 +170,17 @@ def test_admin_answers_loopback_and_unix_socket_only(
 
     request = make_mocked_request("GET", "/v1/forwarders", transport=Transport())
     assert _is_local(request, transport) is local
+
+
+def test_invocation_data_masks_the_token_in_a_custom_auth_header() -> None:
+    """The test button's request shows no token, whatever header auth puts it in."""
+    spec = WebhookForwarderConfig(
+        kind="webhook",
+        uri="https://x.example/in",
+        token="H-SECRET",
+        auth={"type": "header", "header": "X-Custom-Key"},
+    )
+    builder = RequestBuilder(spec)
+    shown = describe_request(builder.build([], 0.0).request, builder.display_url, "X-Custom-Key")
+    assert shown["headers"]["X-Custom-Key"] == "***"
+    assert "H-SECRET" not in str(shown)
