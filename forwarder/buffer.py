@@ -2,13 +2,14 @@
 
 Design:
 
-* **Stored once, fanned out by cursor.** Each event is one row of ``events``
-  keyed by ``seq`` (ingest order). Each forwarder owns one row of
+* **Stored once, fanned out by cursor.** Each event has a ``seq`` (ingest
+  order) and is stored once, in the ``batches`` row of the commit that took it
+  (the layout is in ``forwarder.batches``). Each forwarder owns one row of
   ``forwarders`` holding its cursor: the highest ``seq`` it has delivered or
   dead-lettered. An event is pending for a forwarder while ``seq > cursor``;
-  rows at or below the smallest cursor are deleted in ranges by primary key.
-  N forwarders cost N cursor updates per batch, not N copies of each body,
-  and a slow forwarder only delays the cleanup, never the others' delivery.
+  batches wholly at or below the smallest cursor are deleted in ranges by
+  primary key. N forwarders cost N cursor updates per batch, not N copies of
+  each body, and a slow forwarder only delays the cleanup, never the others'.
 * **One writer task, group commit.** Every write (event appends, cursor acks,
   dead letters, registrations) is queued to a single task that drains the
   queue and commits everything it found in *one* transaction. Concurrent
@@ -36,6 +37,7 @@ import os
 import secrets
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +45,13 @@ from typing import Any, Literal, NamedTuple
 
 import aiosqlite
 
+from forwarder import batches
+from forwarder.batches import BatchReader, EventRecord, StoredEvent
 from forwarder.errors import BufferUnavailableError
 from forwarder.logs import get_logger
 from forwarder.schema import migrate
+
+__all__ = ["AppendResult", "AppendSummary", "EventBuffer", "EventRecord", "StoredEvent"]
 
 log = get_logger("buffer")
 
@@ -56,38 +62,6 @@ VACUUM_STEP_PAGES = 8192  # 32 MiB of 4 KiB pages per transaction
 VACUUM_STEP_PAUSE = 0.2
 MAX_GROUP_OPS = 4096
 _IN_CHUNK = 500
-# One forwarder's next events, by primary-key range (shared with the delivery process).
-READ_AFTER = (
-    "SELECT seq, event_id, event_type, received_at, only_forwarder, body FROM events"
-    " WHERE seq > ? AND (only_forwarder IS NULL OR only_forwarder = ?)"
-    " ORDER BY seq LIMIT ?"
-)  # stays below SQLite's bound-parameter limit
-
-
-@dataclass(slots=True)
-class EventRecord:
-    """An event parsed by ingest, ready to be appended.
-
-    ``event_id`` is None when the client sent none: the writer then assigns
-    one from the row's seq (see ``_generated_id``).
-    """
-
-    event_id: str | None
-    event_type: str | None
-    body: bytes
-    client_supplied_id: bool
-    only_forwarder: str | None = None
-
-
-class StoredEvent(NamedTuple):
-    """A committed event as delivery reads it."""
-
-    seq: int
-    event_id: str
-    event_type: str | None
-    received_at: float
-    only_forwarder: str | None
-    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,17 +107,23 @@ class AppendSummary:
     replays: dict[str, dict[str | None, int]]
 
     @classmethod
-    def of(cls, stored: Sequence[tuple[Any, ...]]) -> AppendSummary:
-        """Summarise committed rows (StoredEvent-shaped tuples, in seq order)."""
-        by_type: dict[str | None, int] = {}
-        replays: dict[str, dict[str | None, int]] = {}
-        for _, _, event_type, _, only_forwarder, _ in stored:
-            if only_forwarder is None:
-                by_type[event_type] = by_type.get(event_type, 0) + 1
-            else:
-                counts = replays.setdefault(only_forwarder, {})
-                counts[event_type] = counts.get(event_type, 0) + 1
-        return cls(stored[-1][0], stored[0][3], by_type, replays)
+    def of(cls, parts: Sequence[_Part], received_at: float) -> AppendSummary:
+        """Summarise the batches of one commit (in seq order)."""
+        by_type: Counter[str | None] = Counter()
+        replays: dict[str, Counter[str | None]] = {}
+        for part in parts:
+            only_forwarder = part.records[0].only_forwarder
+            counts = (
+                by_type if only_forwarder is None else replays.setdefault(only_forwarder, Counter())
+            )
+            counts.update([record.event_type for record in part.records])
+        last = parts[-1]
+        return cls(
+            last.first_seq + len(last.records) - 1,
+            received_at,
+            dict(by_type),
+            {name: dict(counts) for name, counts in replays.items()},
+        )
 
     def to_message(self) -> dict[str, Any]:
         """JSON-safe form (event types may be null, so counts are pairs)."""
@@ -168,6 +148,13 @@ class AppendSummary:
         )
 
 
+class _Part(NamedTuple):
+    """One batch of a commit: its records and the seq of the first."""
+
+    first_seq: int
+    records: Sequence[EventRecord]
+
+
 _Op = _Append | _Statements | _Register
 AppendListener = Callable[[AppendSummary], None]
 
@@ -177,13 +164,15 @@ class _Group:
     """The ops of one transaction and what they will change once committed."""
 
     ops: list[_Op]
-    stored: list[tuple[Any, ...]] = field(default_factory=list)  # StoredEvent fields
+    parts: list[_Part] = field(default_factory=list)
+    received_at: float = 0.0
     results: list[AppendResult] = field(default_factory=list)
     acks: dict[str, int] = field(default_factory=dict)
     registered: dict[str, int] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
     purged_upto: int | None = None
     purged_rows: int = 0
+    purge_blocked_below: int = 0
     vacuum_pages: int = 0
 
 
@@ -210,7 +199,8 @@ class EventBuffer:
         self._writer_task: asyncio.Task[None] | None = None
         self._accepting = False
         self._next_seq = 0
-        self._purged_upto = 0
+        self._purged_upto = 0  # every batch ending at or below it is deleted
+        self._purge_blocked_below = 0  # the first batch left ends here: wait for the floor
         self._cursors: dict[str, int] = {}
         self._event_count = 0
         self._recent: list[StoredEvent] = []
@@ -223,6 +213,7 @@ class EventBuffer:
         self._free_pages_left = False
         self._instance = 0
         self._id_prefix = ""
+        self._batch_reader = BatchReader(self.query, "")
         self._size_checked_at = 0.0
         self._size_seen = 0
 
@@ -262,13 +253,12 @@ class EventBuffer:
         assert self._writer is not None
         rows = await self._writer.execute_fetchall(
             "SELECT (SELECT value FROM meta WHERE key = 'high_water_seq'),"
-            " (SELECT max(seq) FROM events), (SELECT min(seq) FROM events),"
-            " (SELECT count(*) FROM events)"
+            " max(last_seq), min(first_seq), sum(last_seq - first_seq + 1) FROM batches"
         )
         high_water, max_seq, min_seq, count = next(iter(rows))
         self._next_seq = max(high_water or 0, max_seq or 0)
         self._purged_upto = (min_seq - 1) if min_seq is not None else self._next_seq
-        self._event_count = int(count)
+        self._event_count = int(count or 0)
         instance = await self._writer.execute_fetchall(
             "SELECT value FROM meta WHERE key = 'instance'"
         )
@@ -279,8 +269,8 @@ class EventBuffer:
             await self._writer.execute(
                 "INSERT INTO meta (key, value) VALUES ('instance', ?)", (self._instance,)
             )
-        text = f"{self._instance:016x}"
-        self._id_prefix = f"{text[:8]}-{text[8:12]}-8{text[13:16]}-"
+        self._id_prefix = batches.id_prefix(self._instance)
+        self._batch_reader = BatchReader(self.query, self._id_prefix)
         cursors = await self._writer.execute_fetchall("SELECT name, cursor FROM forwarders")
         self._cursors = {str(name): int(cursor) for name, cursor in cursors}
 
@@ -444,25 +434,19 @@ class EventBuffer:
                 ops.append(op)
             await self._commit_group(_Group(ops))
 
-    def _generated_id(self, seq: int) -> str:
-        """The id of an event the client sent without one.
-
-        UUID-shaped (version 8): this buffer's random instance number and the
-        event's seq, so ids are unique across buffers, sort in ingest order,
-        and cost a string format instead of random bytes per event.
-        """
-        text = f"{seq:016x}"  # seq < 2**60: the first digit is 0, free for the variant
-        return f"{self._id_prefix}8{text[1:4]}-{text[4:]}"
-
     def _cleanup_backlog(self) -> bool:
         """Delivered events still to delete, or free pages still to hand back."""
-        floor = min(self._cursors.values(), default=self._next_seq)
-        return floor > self._purged_upto or self._free_pages_left
+        return self._purge_possible() or self._free_pages_left
+
+    def _purge_possible(self, floor: int | None = None) -> bool:
+        """Whether some batch lies wholly at or below the cursors' floor."""
+        if floor is None:
+            floor = min(self._cursors.values(), default=self._next_seq)
+        return floor > self._purged_upto and floor >= self._purge_blocked_below
 
     def _maintenance_due(self) -> bool:
         """Whether an idle writer has delivered events to delete or pages to free."""
-        floor = min(self._cursors.values(), default=self._next_seq)
-        return floor > self._purged_upto or (
+        return self._purge_possible() or (
             self._clock() - self._last_vacuum >= VACUUM_INTERVAL_SECONDS and self._vacuum_wanted
         )
 
@@ -552,7 +536,7 @@ class EventBuffer:
     ) -> None:
         known = await self._known_client_ids(conn, appends)
         client_rows: list[tuple[str, float]] = []
-        seq = self._next_seq
+        kept: list[EventRecord] = []
         for op in appends:
             stored = 0
             for record in op.records:
@@ -561,19 +545,18 @@ class EventBuffer:
                         continue
                     known.add(record.event_id)
                     client_rows.append((record.event_id, now))
-                seq += 1
-                event_id = record.event_id or self._generated_id(seq)
-                group.stored.append(
-                    (seq, event_id, record.event_type, now, record.only_forwarder, record.body)
-                )
+                kept.append(record)
                 stored += 1
             group.results.append(AppendResult(len(op.records), len(op.records) - stored))
-        if group.stored:
-            await conn.executemany(
-                "INSERT INTO events (seq, event_id, event_type, received_at, only_forwarder, body)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                group.stored,
-            )
+        seq = self._next_seq
+        rows = []
+        for part in batches.split(kept):
+            group.parts.append(_Part(seq + 1, part))
+            rows.append(batches.batch_row(seq + 1, part, now))
+            seq += len(part)
+        group.received_at = now
+        if rows:
+            await conn.executemany(batches.INSERT, rows)
             await conn.execute("UPDATE meta SET value = ? WHERE key = 'high_water_seq'", (seq,))
         if client_rows:
             await conn.executemany(
@@ -594,6 +577,27 @@ class EventBuffer:
             known.update(str(row[0]) for row in rows)
         return known
 
+    async def _purge(self, conn: aiosqlite.Connection, group: _Group, upto: int) -> None:
+        """Delete the batches wholly in (purged_upto, upto]; note where the next one ends."""
+        in_range = "first_seq > ? AND first_seq <= ?"
+        bounds = (self._purged_upto, upto)
+        rows = await conn.execute_fetchall(
+            f"SELECT sum(last_seq - first_seq + 1) FROM batches WHERE {in_range} AND last_seq <= ?",
+            (*bounds, upto),
+        )
+        group.purged_rows = int(next(iter(rows))[0] or 0)
+        straddling = await conn.execute_fetchall(
+            f"SELECT first_seq, last_seq FROM batches WHERE {in_range} AND last_seq > ?",
+            (*bounds, upto),
+        )
+        await conn.execute(
+            f"DELETE FROM batches WHERE {in_range} AND last_seq <= ?", (*bounds, upto)
+        )
+        group.purged_upto, group.purge_blocked_below = upto, 0
+        for first_seq, last_seq in straddling:
+            # A batch partly delivered stays whole: purging resumes once the floor passes it.
+            group.purged_upto, group.purge_blocked_below = first_seq - 1, last_seq
+
     async def _maintain(self, conn: aiosqlite.Connection, group: _Group, now: float) -> None:
         """Delete delivered events, expired dedup ids, and hand free pages back."""
         cursors = {n: c for n, c in self._cursors.items() if n not in group.removed}
@@ -603,12 +607,8 @@ class EventBuffer:
                 cursors[name] = max(cursors[name], seq)
         floor = min(cursors.values(), default=self._next_seq)
         due = now - self._last_purge >= PURGE_INTERVAL_SECONDS
-        if floor > self._purged_upto and (due or floor - self._purged_upto >= PURGE_CHUNK_ROWS):
-            upto = min(floor, self._purged_upto + PURGE_CHUNK_ROWS)
-            cursor = await conn.execute(
-                "DELETE FROM events WHERE seq > ? AND seq <= ?", (self._purged_upto, upto)
-            )
-            group.purged_upto, group.purged_rows = upto, max(cursor.rowcount, 0)
+        if self._purge_possible(floor) and (due or floor - self._purged_upto >= PURGE_CHUNK_ROWS):
+            await self._purge(conn, group, min(floor, self._purged_upto + PURGE_CHUNK_ROWS))
             self._last_purge = now
         if now - self._last_dedup_purge >= 60.0:
             await conn.execute(
@@ -644,6 +644,7 @@ class EventBuffer:
     def _apply_purge(self, group: _Group) -> None:
         if group.purged_upto is not None:
             self._purged_upto = group.purged_upto
+            self._purge_blocked_below = group.purge_blocked_below
             self._event_count -= group.purged_rows
             if group.purged_rows:
                 self._vacuum_wanted = True  # deleted rows leave free pages to hand back
@@ -656,12 +657,12 @@ class EventBuffer:
             if name in self._cursors:
                 self._cursors[name] = max(self._cursors[name], seq)
         self._apply_purge(group)
-        if group.stored:
-            self._next_seq = group.stored[-1][0]
-            self._event_count += len(group.stored)
-            self._remember(group.stored)
+        if group.parts:
+            summary = AppendSummary.of(group.parts, group.received_at)
+            self._event_count += summary.last_seq - self._next_seq
+            self._next_seq = summary.last_seq
+            self._remember(group)
             if self._listeners:
-                summary = AppendSummary.of(group.stored)
                 for listener in list(self._listeners):
                     listener(summary)
             changed, self._changed = self._changed, asyncio.Event()
@@ -679,10 +680,21 @@ class EventBuffer:
 
     # -- reads -----------------------------------------------------------------
 
-    def _remember(self, stored: list[tuple[Any, ...]]) -> None:
+    def _remember(self, group: _Group) -> None:
         if not self._recent_capacity:
             return
-        self._recent.extend(StoredEvent._make(row) for row in stored)
+        for first_seq, records in group.parts:
+            self._recent.extend(
+                StoredEvent(
+                    seq,
+                    record.event_id or batches.generated_id(self._id_prefix, seq),
+                    record.event_type,
+                    group.received_at,
+                    record.only_forwarder,
+                    record.body,
+                )
+                for seq, record in enumerate(records, start=first_seq)
+            )
         if len(self._recent) > 2 * self._recent_capacity:
             del self._recent[: len(self._recent) - self._recent_capacity]
 
@@ -698,10 +710,7 @@ class EventBuffer:
                     if len(picked) >= limit:
                         break
             return picked
-        if self._reader is None:
-            raise BufferUnavailableError("closed", "the buffer is closed")
-        rows = await self._reader.execute_fetchall(READ_AFTER, (after_seq, forwarder, limit))
-        return [StoredEvent(*row) for row in rows]
+        return await self._batch_reader.read_after(forwarder, after_seq, limit)
 
     async def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query on the read connection (admin API, startup counts)."""

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
+from forwarder import batches
 from forwarder.buffer import AppendListener, AppendSummary, StoredEvent
 from forwarder.config import WebhookForwarderConfig
 from forwarder.errors import (
@@ -185,14 +186,12 @@ class DeliveryWorker:
         self._buffer.add_listener(self._on_append)
         if self.spec.enabled:
             rows = await self._buffer.query(
-                "SELECT event_type, count(*), min(received_at) FROM events"
-                " WHERE seq > ? AND seq <= ? AND (only_forwarder IS NULL OR only_forwarder = ?)"
-                " GROUP BY event_type",
-                (self._cursor, self._counted_upto, self.name),
+                batches.PENDING, (self._cursor + 1, self._counted_upto, self._cursor, self.name)
             )
-            for event_type, count, oldest in rows:
+            counts = batches.pending_counts(rows, self._cursor, self._counted_upto)
+            for event_type, (count, oldest) in counts.items():
                 if self.filter.accepts(event_type):
-                    self.status.pending += int(count)
+                    self.status.pending += count
                     current = self.status.oldest_pending_at
                     self.status.oldest_pending_at = (
                         oldest if current is None else min(current, oldest)

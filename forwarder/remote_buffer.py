@@ -2,9 +2,10 @@
 
 The delivery process opens the WAL database read-only (WAL readers never
 block the writer, across processes too) and reads events by primary-key
-range. Every write — cursor acks, delivery history, dead letters — is sent
-to the daemon over the channel and committed by the daemon's single writer
-task, so the one-writer, group-commit design holds for the whole program.
+range, a batch at a time (``forwarder.batches``). Every write — cursor acks,
+delivery history, dead letters — is sent to the daemon over the channel and
+committed by the daemon's single writer task, so the one-writer, group-commit
+design holds for the whole program.
 The daemon tells this side about each commit (``appended``: the new head
 and per-type counts), which wakes the workers and keeps pending counts exact
 without polling.
@@ -23,7 +24,8 @@ from typing import Any
 
 import aiosqlite
 
-from forwarder.buffer import READ_AFTER, AppendListener, AppendSummary, StoredEvent
+from forwarder.batches import BatchReader, id_prefix
+from forwarder.buffer import AppendListener, AppendSummary, StoredEvent
 from forwarder.errors import BufferUnavailableError
 from forwarder.ipc import Channel
 from forwarder.logs import get_logger
@@ -68,6 +70,7 @@ class RemoteBuffer:
         self._cursors: dict[str, int] = {}
         self._listeners: list[AppendListener] = []
         self._changed = asyncio.Event()
+        self._batch_reader = BatchReader(self.query, "")
         channel.on("appended", self._on_appended)
 
     async def open(self) -> None:
@@ -76,6 +79,9 @@ class RemoteBuffer:
         await self._reader.execute("PRAGMA query_only = 1")
         await self._reader.execute("PRAGMA busy_timeout = 5000")
         await self._reader.execute("PRAGMA cache_size = -8000")
+        rows = await self.query("SELECT value FROM meta WHERE key = 'instance'")
+        # The daemon creates the instance number before it starts this process.
+        self._batch_reader = BatchReader(self.query, id_prefix(int(rows[0][0])))
 
     async def sync(self) -> None:
         """Fetch the committed head and cursors from the daemon (after it registered them)."""
@@ -130,8 +136,7 @@ class RemoteBuffer:
 
     async def read_after(self, forwarder: str, after_seq: int, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` events for ``forwarder`` after ``after_seq``, by primary-key range."""
-        rows = await self.query(READ_AFTER, (after_seq, forwarder, limit))
-        return [StoredEvent(*row) for row in rows]
+        return await self._batch_reader.read_after(forwarder, after_seq, limit)
 
     async def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read-only query on this process's connection."""

@@ -75,6 +75,24 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX delivery_attempts_forwarder ON delivery_attempts(forwarder, id);
     CREATE INDEX delivery_attempts_attempted_at ON delivery_attempts(attempted_at);
     """,
+    # 3: one row per committed batch instead of one per event (see forwarder.batches).
+    """
+    CREATE TABLE batches (
+        first_seq      INTEGER PRIMARY KEY,  -- seq of the first event: the batch holds
+        last_seq       INTEGER NOT NULL,     --   first_seq..last_seq, with no gap
+        received_at    REAL NOT NULL,        -- unix time the batch was committed
+        only_forwarder TEXT,                 -- NULL: every forwarder, else a replay for one
+        event_types    BLOB NOT NULL,        -- JSON [[event_type, run length], ...]
+        event_ids      BLOB,                 -- JSON [id or null, ...], NULL if all generated
+        lengths        BLOB NOT NULL,        -- JSON [byte length of each event, ...]
+        bodies         BLOB NOT NULL         -- the events exactly as ingested, concatenated
+    );
+    INSERT INTO batches
+        SELECT seq, seq, received_at, only_forwarder, json_array(json_array(event_type, 1)),
+               json_array(event_id), json_array(length(body)), body
+        FROM events ORDER BY seq;
+    DROP TABLE events;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +25,8 @@ from typing import Any
 import aiohttp
 import yaml
 from aiohttp import web
+
+from forwarder.batches import Batch, StoredEvent, id_prefix
 
 CLI = str(Path(sys.executable).with_name("audit-forwarder"))
 
@@ -324,3 +327,21 @@ async def run_cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str
     out, err = await asyncio.wait_for(process.communicate(stdin), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+def stored_events(path: Path) -> list[StoredEvent]:
+    """Every event in the buffer file, decoded from its batches on a separate connection."""
+    conn = sqlite3.connect(path)
+    try:
+        instance = conn.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+        prefix = id_prefix(int(instance[0]) if instance else 0)
+        rows = conn.execute(
+            "SELECT first_seq, last_seq, received_at, only_forwarder, event_types, event_ids,"
+            " lengths, bodies FROM batches ORDER BY first_seq"
+        ).fetchall()
+    finally:
+        conn.close()
+    events: list[StoredEvent] = []
+    for row in rows:
+        events.extend(Batch(row, prefix).events(0, row[1] - row[0] + 1))
+    return events

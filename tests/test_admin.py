@@ -19,6 +19,7 @@ from forwarder.forwarders import LocalForwarders, describe_request
 from forwarder.ingest import IngestContext, build_ingest_app
 from forwarder.metrics import Metrics
 from forwarder.requests import RequestBuilder
+from tests.support import stored_events
 
 Client = TestClient[web.Request, web.Application]
 
@@ -113,7 +114,7 @@ async def test_replay_requeues_for_that_forwarder_only(client: Client, buffer: E
     """Replay moves dead letters back as events for their own forwarder, atomically."""
     response = await client.post("/v1/dead-letters/replay", json={"forwarder": "siem"})
     assert await response.json() == {"replayed": 2, "skipped_unknown_forwarder": 0}
-    events = await buffer.query("SELECT event_id, only_forwarder, body FROM events ORDER BY seq")
+    events = [(e.event_id, e.only_forwarder, e.body) for e in stored_events(buffer.path)]
     assert events == [("e-1", "siem", b'{"n":1}'), ("e-2", "siem", b'{"n":2}')]
     listed = await (await client.get("/v1/dead-letters")).json()
     assert listed["total"] == 1

@@ -21,7 +21,7 @@ import pytest
 from forwarder.buffer import AppendResult, EventBuffer, EventRecord, StoredEvent
 from forwarder.errors import BufferUnavailableError
 from forwarder.schema import SCHEMA_VERSION, SchemaTooNewError, migrate
-from tests.support import wait_for
+from tests.support import stored_events, wait_for
 
 OpenBuffer = Callable[..., Awaitable[EventBuffer]]
 
@@ -98,7 +98,7 @@ async def test_append_resolves_after_commit_with_contiguous_seqs(
     result = await append_numbered(buffer, [1, 2, 3])
 
     assert result == AppendResult(accepted=3, duplicates=0)
-    assert on_disk(tmp_path / "buffer.db", "SELECT seq, body FROM events ORDER BY seq") == [
+    assert [(e.seq, e.body) for e in stored_events(tmp_path / "buffer.db")] == [
         (1, b'{"n": 1}'),
         (2, b'{"n": 2}'),
         (3, b'{"n": 3}'),
@@ -249,7 +249,7 @@ async def test_seq_is_never_reused_after_everything_was_purged(
     buffer.ack("f", 3)
     await wait_for(lambda: buffer.event_count == 0, timeout=10, message="events purged")
     await buffer.close()
-    assert on_disk(path, "SELECT count(*) FROM events") == [(0,)]
+    assert stored_events(path) == []
 
     reopened = await open_buffer()
     assert reopened.head_seq == 3
@@ -257,7 +257,7 @@ async def test_seq_is_never_reused_after_everything_was_purged(
     await append_numbered(reopened, [4])
 
     assert [e.seq for e in await reopened.read_after("f", 3, 10)] == [4]
-    assert on_disk(path, "SELECT seq FROM events") == [(4,)]
+    assert [e.seq for e in stored_events(path)] == [4]
 
 
 async def test_synchronous_full_commits_durably(open_buffer: OpenBuffer, tmp_path: Path) -> None:
@@ -322,10 +322,15 @@ async def test_generated_ids_are_not_deduplicated(open_buffer: OpenBuffer, tmp_p
 async def test_events_are_purged_only_after_every_forwarder_passed_them(
     open_buffer: OpenBuffer, tmp_path: Path
 ) -> None:
-    """With forwarders a and b, acking a keeps the events; acking b as well deletes them."""
+    """With forwarders a and b, acking a keeps the events; acking b as well deletes them.
+
+    Two commits make two batches: seqs 1-2 and 3. A batch goes once every
+    forwarder has passed its last event, never half of it.
+    """
     clock = Clock()
     buffer = await open_buffer(["a", "b"], clock=clock)
-    await append_numbered(buffer, [1, 2, 3])
+    await append_numbered(buffer, [1, 2])
+    await append_numbered(buffer, [3])
 
     clock.advance()  # the purge is due: only the slower cursor holds it back
     buffer.ack("a", 3)
@@ -335,12 +340,18 @@ async def test_events_are_purged_only_after_every_forwarder_passed_them(
     assert [e.seq for e in await buffer.read_after("b", 0, 10)] == [1, 2, 3]
 
     clock.advance()
+    buffer.ack("b", 1)
+    await buffer.execute([])
+    assert buffer.event_count == 3  # half of the first batch delivered: it stays whole
+    assert [e.seq for e in await buffer.read_after("b", 1, 10)] == [2, 3]
+    clock.advance()
     buffer.ack("b", 2)
     await wait_for(lambda: buffer.event_count == 1, timeout=10, message="seq 1-2 purged")
+    assert [e.seq for e in stored_events(tmp_path / "buffer.db")] == [3]
     buffer.ack("b", 3)
     clock.advance()
     await wait_for(lambda: buffer.event_count == 0, timeout=10, message="seq 3 purged")
-    assert on_disk(tmp_path / "buffer.db", "SELECT count(*) FROM events") == [(0,)]
+    assert stored_events(tmp_path / "buffer.db") == []
     assert on_disk(tmp_path / "buffer.db", "SELECT name, cursor FROM forwarders ORDER BY name") == [
         ("a", 3),
         ("b", 3),
@@ -449,7 +460,7 @@ async def test_disk_full_fails_the_append_and_stores_nothing(
     assert failed.value.reason == "buffer_full"
     assert buffer.head_seq == 1
     assert buffer.event_count == 1
-    assert on_disk(tmp_path / "buffer.db", "SELECT seq FROM events") == [(1,)]
+    assert [e.seq for e in stored_events(tmp_path / "buffer.db")] == [1]
     assert [e.seq for e in await buffer.read_after("f", 0, 10)] == [1]
 
     await writer.execute_fetchall("PRAGMA max_page_count = 1073741823")
@@ -477,4 +488,4 @@ async def test_file_returns_near_its_empty_size_after_a_backlog_drains(
         timeout=60,
         message="the file to shrink back",
     )
-    assert on_disk(tmp_path / "buffer.db", "SELECT count(*) FROM events") == [(0,)]
+    assert stored_events(tmp_path / "buffer.db") == []

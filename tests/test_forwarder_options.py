@@ -25,6 +25,7 @@ from tests.support import (
     forwarder_config,
     post_events,
     run_cli,
+    stored_events,
     wait_for,
 )
 
@@ -365,8 +366,7 @@ async def test_disabled_forwarder_sends_nothing_and_holds_nothing(
     await wait_for(lambda: len(active.delivered) == 2)
 
     def buffer_empty() -> bool:
-        with sqlite3.connect(tmp_path / "buffer.db") as db:
-            return db.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+        return stored_events(tmp_path / "buffer.db") == []
 
     await wait_for(buffer_empty, message="the disabled forwarder not holding events")
     code, out, _ = await run_cli("status", "--config", str(daemon.config_path), "--json")

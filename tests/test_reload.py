@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from tests.support import (
     daemon_config,
     forwarder_config,
     post_events,
+    stored_events,
     wait_for,
 )
 
@@ -175,8 +175,7 @@ async def test_removed_forwarder_no_longer_holds_back_the_cleanup(
     await wait_for(lambda: len(healthy.delivered) == 10)
 
     def events_in_buffer() -> int:
-        with sqlite3.connect(tmp_path / "buffer.db") as db:
-            return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+        return len(stored_events(tmp_path / "buffer.db"))
 
     assert events_in_buffer() == 10  # held back by "stuck"
     config["auditLogForwarders"] = config["auditLogForwarders"][:1]

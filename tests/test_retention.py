@@ -111,7 +111,7 @@ async def test_pending_events_past_retention_are_logged_never_deleted(buffer: Ev
     assert warnings[0]["forwarder"] == "siem"
     assert warnings[0]["pending"] == 1
     assert warnings[0]["oldest_age_hours"] == 192.0
-    assert await count(buffer, "events") == 1
+    assert await count(buffer, "batches") == 1
 
 
 async def test_periodic_task_purges_at_start_and_stops_cleanly(buffer: EventBuffer) -> None:
