@@ -4,9 +4,11 @@ Each migration is a script applied once, in order, inside one transaction with
 the version bump, so a crash mid-migration leaves the previous version intact.
 Migrations only ever append: a released migration is never edited.
 
-``auto_vacuum = INCREMENTAL`` must be chosen before the first table exists; it
-lets the buffer hand free pages back to the file system after a backlog drains,
-so the file returns to near its empty size instead of staying at its peak.
+``page_size`` and ``auto_vacuum = INCREMENTAL`` must be chosen before the
+first table exists (a file created by an older build keeps its page size).
+Incremental vacuum lets the buffer hand free pages back to the file system
+after a backlog drains, so the file returns to near its empty size instead of
+staying at its peak.
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+# Events are stored as batches of tens to hundreds of kilobytes: with 16 KiB
+# pages their overflow chains are a quarter as long as with the default 4 KiB,
+# which halved the writer's CPU per batch; small commits cost about 20% more.
+PAGE_SIZE = 16384
 
 
 class SchemaTooNewError(sqlite3.DatabaseError):
@@ -114,6 +120,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             f"buffer schema version {version} is newer than this build's {SCHEMA_VERSION}"
         )
     if version == 0:
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     for number in range(version, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")

@@ -20,7 +20,7 @@ import pytest
 
 from forwarder.buffer import AppendResult, EventBuffer, EventRecord, StoredEvent
 from forwarder.errors import BufferUnavailableError
-from forwarder.schema import SCHEMA_VERSION, SchemaTooNewError, migrate
+from forwarder.schema import PAGE_SIZE, SCHEMA_VERSION, SchemaTooNewError, migrate
 from tests.support import stored_events, wait_for
 
 OpenBuffer = Callable[..., Awaitable[EventBuffer]]
@@ -389,12 +389,13 @@ async def test_registering_forwarders_drops_removed_and_starts_new_at_head(
 async def test_fresh_file_gets_current_schema_and_incremental_vacuum(
     open_buffer: OpenBuffer, tmp_path: Path
 ) -> None:
-    """A new buffer file has user_version == SCHEMA_VERSION and auto_vacuum = INCREMENTAL."""
+    """A new file has the current schema, 16 KiB pages and auto_vacuum = INCREMENTAL."""
     path = tmp_path / "fresh" / "buffer.db"
     await open_buffer(path=path)
 
     assert on_disk(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert on_disk(path, "PRAGMA auto_vacuum") == [(2,)]
+    assert on_disk(path, "PRAGMA page_size") == [(PAGE_SIZE,)]
     assert on_disk(path, "PRAGMA journal_mode") == [("wal",)]
 
 
