@@ -192,19 +192,33 @@ class Batch:
         first = self.first_seq
         start = max(after_seq + 1 - first, 0)
         stop = min(start + limit, self.last_seq - first + 1)
-        ids = self._ids
-        types, offsets, bodies, prefix = self._types, self._offsets, self._bodies, self._prefix
+        types, offsets, bodies = self._types, self._offsets, self._bodies
         received_at, only_forwarder = self.received_at, self.only_forwarder
         return [
             StoredEvent(
                 first + index,
-                (ids[index] if ids is not None else None) or generated_id(prefix, first + index),
+                event_id,
                 types[index],
                 received_at,
                 only_forwarder,
                 bodies[offsets[index] : offsets[index + 1]],
             )
-            for index in range(start, stop)
+            for index, event_id in zip(
+                range(start, stop), self._event_ids(start, stop), strict=True
+            )
+        ]
+
+    def _event_ids(self, start: int, stop: int) -> list[str]:
+        """The ids of events ``start..stop-1`` (indexes in the batch)."""
+        first, prefix = self.first_seq, self._prefix
+        given = self._ids[start:stop] if self._ids is not None else [None] * (stop - start)
+        high = (first + start) >> 48
+        if high != (first + stop) >> 48:
+            return [i or generated_id(prefix, first + n) for n, i in enumerate(given, start)]
+        # Within one 2**48 range only the last 12 hex digits differ: format those alone.
+        base = generated_id(prefix, high << 48)[:-12]
+        return [
+            i or f"{base}{(first + n) & 0xFFFFFFFFFFFF:012x}" for n, i in enumerate(given, start)
         ]
 
 

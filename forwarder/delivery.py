@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -472,9 +472,9 @@ class DeliveryWorker:
         m.delivery_attempts.labels(self.name, "success", str(response.status)).inc()
         m.events_delivered.labels(self.name).inc(len(batch))
         m.last_success.labels(self.name).set(now)
-        latency = m.ingest_to_delivery.labels(self.name)
-        for event in batch:
-            latency.observe(max(0.0, now - event.received_at))
+        # Events committed together share their arrival time: one observation each.
+        for received_at, count in Counter(e.received_at for e in batch).items():
+            m.ingest_to_delivery.observe(self.name, max(0.0, now - received_at), count)
         if self.status.consecutive_failures:
             log.info(
                 "forwarder_recovered",

@@ -13,6 +13,9 @@ pending event each worker knows about), so a scrape never scans a table.
 
 from __future__ import annotations
 
+import bisect
+import math
+import threading
 from collections.abc import Callable, Iterable
 from typing import Literal
 
@@ -23,8 +26,9 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from forwarder import __version__
 
@@ -83,6 +87,62 @@ class ForwarderGauges(Collector):
 Part = Literal["all", "ingest", "delivery"]
 
 
+class CountedHistogram(Collector):
+    """A histogram with one label that takes an observation with a count.
+
+    Events delivered in one request were mostly committed together and share
+    their arrival time, so a 100-event request is one observation counted 100
+    times instead of 100 observations: prometheus_client's ``Histogram`` takes
+    a lock and searches its buckets per call, which was a visible share of the
+    delivery process's CPU. The exposition is the same as a ``Histogram``'s.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelname: str,
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry | None,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelname = labelname
+        self._bounds = (*buckets, math.inf)
+        self._le = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._series: dict[str, tuple[list[int], list[float]]] = {}  # counts, [sum]
+        self._lock = threading.Lock()  # a scrape may run on another thread
+        if registry is not None:
+            registry.register(self)
+
+    def observe(self, label: str, value: float, count: int = 1) -> None:
+        """Record ``count`` observations of ``value`` for the series ``label``."""
+        with self._lock:
+            series = self._series.get(label)
+            if series is None:
+                series = self._series[label] = ([0] * len(self._bounds), [0.0])
+            series[0][bisect.bisect_left(self._bounds, value)] += count
+            series[1][0] += value * count
+
+    def describe(self) -> Iterable[Metric]:
+        """The family without samples, so registration needs no collect()."""
+        return [HistogramMetricFamily(self._name, self._documentation, labels=[self._labelname])]
+
+    def collect(self) -> Iterable[Metric]:
+        """Cumulative buckets, sum and count per series."""
+        family = HistogramMetricFamily(self._name, self._documentation, labels=[self._labelname])
+        with self._lock:
+            snapshot = [(label, list(c), s[0]) for label, (c, s) in self._series.items()]
+        for label, counts, total in snapshot:
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for le, count in zip(self._le, counts, strict=True):
+                cumulative += count
+                buckets.append((le, cumulative))
+            family.add_metric([label], buckets, total)
+        return [family]
+
+
 class Metrics:
     """Every collector of the daemon; those of ``part`` are registered on ``registry``."""
 
@@ -133,12 +193,12 @@ class Metrics:
             ["forwarder"],
             registry=delivery,
         )
-        self.ingest_to_delivery = Histogram(
+        self.ingest_to_delivery = CountedHistogram(
             "audit_forwarder_ingest_to_delivery_seconds",
             "Time from an event's acknowledgement to its 2xx delivery.",
-            ["forwarder"],
-            buckets=AGE_BUCKETS,
-            registry=delivery,
+            "forwarder",
+            AGE_BUCKETS,
+            delivery,
         )
         self.config_reloads = Counter(
             "audit_forwarder_config_reloads",
