@@ -229,13 +229,13 @@ class EventBuffer:
         await self._writer.execute("PRAGMA journal_mode = WAL")
         await self._writer.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
         await self._writer.execute("PRAGMA busy_timeout = 5000")
-        await self._writer.execute("PRAGMA cache_size = -8000")
+        await self._writer.execute("PRAGMA cache_size = -2000")
         # After a checkpoint the WAL file is cut back to this size instead of
         # keeping its peak: buffer.maxBytes and buffer_bytes count it.
         await self._writer.execute("PRAGMA journal_size_limit = 16777216")
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.execute("PRAGMA query_only = 1")
-        await self._reader.execute("PRAGMA cache_size = -8000")
+        await self._reader.execute("PRAGMA cache_size = -2000")
         await self._load_state()
         self._accepting = True
         self._writer_task = asyncio.create_task(self._write_loop(), name="buffer-writer")

@@ -78,7 +78,7 @@ class RemoteBuffer:
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.execute("PRAGMA query_only = 1")
         await self._reader.execute("PRAGMA busy_timeout = 5000")
-        await self._reader.execute("PRAGMA cache_size = -8000")
+        await self._reader.execute("PRAGMA cache_size = -2000")
         rows = await self.query("SELECT value FROM meta WHERE key = 'instance'")
         # The daemon creates the instance number before it starts this process.
         self._batch_reader = BatchReader(self.query, id_prefix(int(rows[0][0])))
