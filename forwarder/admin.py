@@ -28,6 +28,7 @@ from forwarder import dead_letters
 from forwarder.buffer import EventBuffer
 from forwarder.errors import IngestError
 from forwarder.forwarders import Forwarders, UnknownForwarderError, iso
+from forwarder.history import unpack_event_ids
 from forwarder.ingest import check_token
 from forwarder.logs import get_logger
 
@@ -119,7 +120,7 @@ async def list_deliveries(request: web.Request, context: AdminContext) -> web.Re
             "at": iso(at),
             "attempt": attempt,
             "events": events,
-            "event_ids": orjson.loads(event_ids),
+            "event_ids": unpack_event_ids(event_ids),
             "outcome": outcome,
             "code": code,
             "status": status,

@@ -165,7 +165,6 @@ class Batch:
         "last_seq",
         "only_forwarder",
         "received_at",
-        "size",
     )
 
     def __init__(self, row: Sequence[Any], prefix: str) -> None:
@@ -179,7 +178,6 @@ class Batch:
         self._offsets = [0, *itertools.accumulate(orjson.loads(lengths))]
         self._bodies: bytes = bytes(bodies)
         self._prefix = prefix
-        self.size = len(self._bodies)
 
     def holds(self, seq: int, forwarder: str) -> bool:
         """Whether ``seq`` is in this batch and the batch is meant for ``forwarder``."""
@@ -269,10 +267,6 @@ class BatchReader:
             events.extend(taken)
             after_seq = taken[-1].seq if taken else batch.last_seq
         return events
-
-    def forget(self) -> None:
-        """Drop the decoded batches (the file was changed under the reader)."""
-        self._cache.clear()
 
 
 def pending_counts(

@@ -306,7 +306,7 @@ class EventBuffer:
 
     @property
     def event_count(self) -> int:
-        """Rows in ``events`` (kept in memory: no count(*) per scrape)."""
+        """Events in the buffer (kept in memory: no table scan per scrape)."""
         return self._event_count
 
     def cursor(self, forwarder: str) -> int:

@@ -1,7 +1,7 @@
 """Dead letters: listing, replaying into a forwarder's queue, and purging.
 
 A dead letter keeps its own copy of the event body, so it outlives the
-event's row in ``events`` (which is deleted once every forwarder has passed
+event's batch in the buffer (which is deleted once every forwarder has passed
 it). A replay appends the event again with ``only_forwarder`` set — so only
 that forwarder receives it, after what is already queued — and deletes the
 dead-letter row in the same transaction: the event is never in both places,

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
-import orjson
 
 from forwarder import batches
 from forwarder.buffer import AppendListener, AppendSummary, StoredEvent
@@ -56,6 +55,7 @@ from forwarder.errors import (
     RetryableDeliveryError,
 )
 from forwarder.filters import EventFilter
+from forwarder.history import pack_event_ids
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics
 from forwarder.requests import BuiltRequest, RequestBuilder
@@ -455,7 +455,7 @@ class DeliveryWorker:
             self.status.last_attempt_at,
             attempt,
             len(batch),
-            orjson.dumps([e.event_id for e in batch]).decode(),
+            pack_event_ids([e.event_id for e in batch]),
             outcome,
             code,
             status,
