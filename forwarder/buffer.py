@@ -58,7 +58,8 @@ log = get_logger("buffer")
 PURGE_CHUNK_ROWS = 50_000
 PURGE_INTERVAL_SECONDS = 1.0
 VACUUM_INTERVAL_SECONDS = 10.0
-VACUUM_STEP_PAGES = 8192  # 32 MiB of 4 KiB pages per transaction
+VACUUM_STEP_BYTES = 32 * 1024 * 1024  # handed back per transaction
+VACUUM_MIN_FREE_BYTES = 4 * 1024 * 1024  # less than this free is not worth a vacuum
 VACUUM_STEP_PAUSE = 0.2
 MAX_GROUP_OPS = 4096
 _IN_CHUNK = 500
@@ -211,6 +212,7 @@ class EventBuffer:
         self._last_dedup_purge = 0.0
         self._vacuum_wanted = True
         self._free_pages_left = False
+        self._page_size = 4096
         self._instance = 0
         self._id_prefix = ""
         self._batch_reader = BatchReader(self.query, "")
@@ -251,6 +253,8 @@ class EventBuffer:
 
     async def _load_state(self) -> None:
         assert self._writer is not None
+        page_size = await self._writer.execute_fetchall("PRAGMA page_size")
+        self._page_size = int(next(iter(page_size))[0])
         rows = await self._writer.execute_fetchall(
             "SELECT (SELECT value FROM meta WHERE key = 'high_water_seq'),"
             " max(last_seq), min(first_seq), sum(last_seq - first_seq + 1) FROM batches"
@@ -619,12 +623,13 @@ class EventBuffer:
             self._last_vacuum = now
             rows = await conn.execute_fetchall("PRAGMA freelist_count")
             free_pages = int(next(iter(rows))[0])
-            self._vacuum_wanted = free_pages >= 1024
-            self._free_pages_left = free_pages > VACUUM_STEP_PAGES
+            step_pages = VACUUM_STEP_BYTES // self._page_size
+            self._vacuum_wanted = free_pages * self._page_size >= VACUUM_MIN_FREE_BYTES
+            self._free_pages_left = free_pages > step_pages
             if self._vacuum_wanted:
                 # In steps, so one transaction never holds the write lock for long;
                 # while pages are left the next step comes soon, not in 10 s.
-                group.vacuum_pages = min(free_pages, VACUUM_STEP_PAGES)
+                group.vacuum_pages = min(free_pages, step_pages)
                 if self._free_pages_left:
                     self._last_vacuum = now - VACUUM_INTERVAL_SECONDS + VACUUM_STEP_PAUSE
 
