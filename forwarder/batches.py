@@ -35,9 +35,10 @@ import orjson
 
 # A batch is split beyond these, so one row never makes a reader hold much.
 MAX_BATCH_EVENTS = 10_000
-MAX_BATCH_BYTES = 2 * 1024 * 1024
-# Decoded batches a reader keeps (forwarders at nearby positions share them).
-CACHED_BATCHES = 8
+MAX_BATCH_BYTES = 1024 * 1024
+# Bytes of decoded batches a reader keeps, beyond the latest one (forwarders at
+# nearby positions share them; one further behind reads its batch again).
+CACHED_BYTES = 4 * 1024 * 1024
 # Batches one read fetches at most: many when they are small (single-event commits).
 BATCHES_PER_READ = 64
 NO_SEQ_BOUND = 2**62
@@ -165,6 +166,7 @@ class Batch:
         "last_seq",
         "only_forwarder",
         "received_at",
+        "size",
     )
 
     def __init__(self, row: Sequence[Any], prefix: str) -> None:
@@ -178,6 +180,7 @@ class Batch:
         self._offsets = [0, *itertools.accumulate(orjson.loads(lengths))]
         self._bodies: bytes = bytes(bodies)
         self._prefix = prefix
+        self.size = len(self._bodies)
 
     def holds(self, seq: int, forwarder: str) -> bool:
         """Whether ``seq`` is in this batch and the batch is meant for ``forwarder``."""
@@ -230,6 +233,7 @@ class BatchReader:
         self._query = query
         self._prefix = prefix
         self._cache: OrderedDict[int, Batch] = OrderedDict()
+        self._cached_bytes = 0
 
     def _cached(self, seq: int, forwarder: str) -> Batch | None:
         for batch in reversed(self._cache.values()):
@@ -249,8 +253,10 @@ class BatchReader:
         for batch in batches:
             self._cache[batch.first_seq] = batch
             self._cache.move_to_end(batch.first_seq)
-        while len(self._cache) > max(CACHED_BATCHES, len(batches)):
-            self._cache.popitem(last=False)
+            self._cached_bytes += batch.size
+        while len(self._cache) > len(batches) and self._cached_bytes > CACHED_BYTES:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached_bytes -= dropped.size
         return batches[0] if batches else None
 
     async def read_after(self, forwarder: str, after_seq: int, limit: int) -> list[StoredEvent]:

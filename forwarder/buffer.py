@@ -62,6 +62,8 @@ VACUUM_STEP_BYTES = 32 * 1024 * 1024  # handed back per transaction
 VACUUM_MIN_FREE_BYTES = 4 * 1024 * 1024  # less than this free is not worth a vacuum
 VACUUM_STEP_PAUSE = 0.2
 MAX_GROUP_OPS = 4096
+BUSY_TIMEOUT_MS = 5000
+TRUNCATE_WAIT_MS = 100
 _IN_CHUNK = 500
 
 
@@ -213,6 +215,7 @@ class EventBuffer:
         self._vacuum_wanted = True
         self._free_pages_left = False
         self._page_size = 4096
+        self._truncate_pending = False
         self._instance = 0
         self._id_prefix = ""
         self._batch_reader = BatchReader(self.query, "")
@@ -230,7 +233,7 @@ class EventBuffer:
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         await self._writer.execute("PRAGMA journal_mode = WAL")
         await self._writer.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
-        await self._writer.execute("PRAGMA busy_timeout = 5000")
+        await self._writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await self._writer.execute("PRAGMA cache_size = -2000")
         # After a checkpoint the WAL file is cut back to this size instead of
         # keeping its peak: buffer.maxBytes and buffer_bytes count it.
@@ -426,6 +429,8 @@ class EventBuffer:
             except TimeoutError:
                 if self._maintenance_due():
                     await self._commit_group(_Group([]))
+                elif self._truncate_pending:
+                    await self._truncate_wal()
                 continue
             if first is None:
                 break
@@ -482,14 +487,36 @@ class EventBuffer:
         Through executescript: sqlite3's execute() steps a statement once, and
         each step of incremental_vacuum frees a single page.
         """
-        script = f"PRAGMA incremental_vacuum({int(pages)});"
-        if truncate_wal:
-            # The last step: checkpoint so the shorter file and WAL reach the disk.
-            script += "PRAGMA wal_checkpoint(TRUNCATE);"
         try:
-            await conn.executescript(script)
+            await conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
         except sqlite3.Error as exc:
             log.warning("buffer_vacuum_failed", error=str(exc))
+        if truncate_wal:
+            # The last step: checkpoint so the shorter file and WAL reach the disk.
+            await self._truncate_wal()
+
+    async def _truncate_wal(self) -> None:
+        """Checkpoint and cut the WAL to zero; retried while a reader holds an old snapshot.
+
+        A TRUNCATE checkpoint cannot finish while the delivery process reads
+        an older snapshot, and nothing else would shrink the WAL once writes
+        stop: an idle writer tries again until it succeeds.
+        """
+        conn = self._writer
+        assert conn is not None
+        try:
+            # Briefly: while it waits for readers, no group commit can start.
+            await conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}")
+            rows = await conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = bool(next(iter(rows))[0])
+        except sqlite3.Error as exc:
+            log.warning("buffer_checkpoint_failed", error=str(exc))
+            busy = True
+        finally:
+            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if busy and not self._truncate_pending:
+            log.info("buffer_checkpoint_deferred", reason="a reader holds an older snapshot")
+        self._truncate_pending = busy
 
     async def _write_group(self, conn: aiosqlite.Connection, group: _Group) -> None:
         now = self._clock()

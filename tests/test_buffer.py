@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from forwarder.buffer import AppendResult, EventBuffer, EventRecord, StoredEvent
 from forwarder.errors import BufferUnavailableError
@@ -490,3 +491,33 @@ async def test_file_returns_near_its_empty_size_after_a_backlog_drains(
         message="the file to shrink back",
     )
     assert stored_events(tmp_path / "buffer.db") == []
+
+
+async def test_wal_is_cut_to_zero_once_a_reader_lets_go_of_an_old_snapshot(
+    open_buffer: OpenBuffer, tmp_path: Path
+) -> None:
+    """A checkpoint blocked by a reader (as the delivery process is) is retried until done."""
+    fast = lambda: time.time() * 100  # noqa: E731  maintenance intervals pass 100x faster
+    path = tmp_path / "buffer.db"
+    buffer = await open_buffer(clock=fast, recent_capacity=0)
+    body = b'{"pad": "' + b"x" * 2000 + b'"}'
+    await buffer.append([EventRecord(None, "t", body, False) for _ in range(5_000)])
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM batches").fetchone()[0] > 0  # snapshot held
+        for _ in range(5):
+            await buffer.append([EventRecord(None, "t", body, False) for _ in range(5_000)])
+        with capture_logs() as logs:
+            await buffer.execute([], acks={"f": buffer.head_seq})
+            await wait_for(
+                lambda: any(e["event"] == "buffer_checkpoint_deferred" for e in logs),
+                timeout=30,
+                message="the drain's checkpoint to find the reader",
+            )
+        wal = Path(f"{path}-wal")
+        assert wal.stat().st_size > 0
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    await wait_for(lambda: wal.stat().st_size == 0, timeout=30, message="the WAL cut to zero")
