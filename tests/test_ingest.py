@@ -644,6 +644,7 @@ async def test_events_without_id_get_sortable_uuid_shaped_ids(ingest: Ingest) ->
         pytest.param({"event_type": "a.b", "type": "c.d"}, "a.b", id="event_type-wins"),
         pytest.param({"n": 1}, None, id="neither"),
         pytest.param({"event_type": 5}, None, id="event_type-number"),
+        pytest.param({"event_type": 5, "type": "c.d"}, "c.d", id="type-if-event_type-not-text"),
         pytest.param({"type": {"name": "x"}}, None, id="type-object"),
         pytest.param({"type": ["x"]}, None, id="type-array"),
         pytest.param({"data": {"event_type": "inner"}}, None, id="nested-not-used"),
