@@ -195,14 +195,19 @@ class Batch:
         stop = min(start + limit, self.last_seq - first + 1)
         types, offsets, bodies = self._types, self._offsets, self._bodies
         received_at, only_forwarder = self.received_at, self.only_forwarder
+        # tuple.__new__ directly: a NamedTuple's own __new__ is a Python call per event.
+        make = tuple.__new__
         return [
-            StoredEvent(
-                first + index,
-                event_id,
-                types[index],
-                received_at,
-                only_forwarder,
-                bodies[offsets[index] : offsets[index + 1]],
+            make(
+                StoredEvent,
+                (
+                    first + index,
+                    event_id,
+                    types[index],
+                    received_at,
+                    only_forwarder,
+                    bodies[offsets[index] : offsets[index + 1]],
+                ),
             )
             for index, event_id in zip(
                 range(start, stop), self._event_ids(start, stop), strict=True

@@ -276,19 +276,21 @@ class DeliveryWorker:
 
     def _take(self, batch: list[StoredEvent], budget: int) -> tuple[int, bool]:
         """Move matching events from the read-ahead into ``batch``; return (budget, full)."""
-        limits = self.spec.batch
-        while self._read_ahead:
-            event = self._read_ahead[0]
-            if not self.filter.accepts(event.event_type):
-                self._read_ahead.popleft()
+        max_events = self.spec.batch.max_events
+        read_ahead = self._read_ahead  # per event: kept lean
+        accepts = None if self.filter.takes_everything else self.filter.accepts
+        while read_ahead:
+            event = read_ahead[0]
+            if accepts is not None and not accepts(event.event_type):
+                read_ahead.popleft()
                 self._skipped_upto = event.seq
                 continue
             cost = len(event.body) + 1
             if batch and cost > budget:
                 return budget, True
-            batch.append(self._read_ahead.popleft())
+            batch.append(read_ahead.popleft())
             budget -= cost
-            if len(batch) >= limits.max_events:
+            if len(batch) >= max_events:
                 return budget, True
         return budget, False
 
