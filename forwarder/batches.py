@@ -25,8 +25,8 @@ ten requests of 100 reads it from SQLite once.
 
 from __future__ import annotations
 
+import bisect
 import itertools
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -39,6 +39,7 @@ MAX_BATCH_BYTES = 1024 * 1024
 # Bytes of decoded batches a reader keeps, beyond the latest one (forwarders at
 # nearby positions share them; one further behind reads its batch again).
 CACHED_BYTES = 4 * 1024 * 1024
+CACHED_BATCHES = 256
 # Batches one read fetches at most: many when they are small (single-event commits).
 BATCHES_PER_READ = 64
 NO_SEQ_BOUND = 2**62
@@ -232,19 +233,33 @@ Query = Callable[[str, Sequence[Any]], Awaitable[Sequence[Sequence[Any]]]]
 
 
 class BatchReader:
-    """Reads events by seq through ``query``, keeping the last few decoded batches."""
+    """Reads events by seq through ``query``, keeping recently decoded batches.
+
+    The cache is bounded in bytes and in batches (single-event commits make
+    thousands of tiny ones) and looked up by bisection on first seqs; the
+    oldest batches go first, since cursors only move forward.
+    """
 
     def __init__(self, query: Query, prefix: str) -> None:
         self._query = query
         self._prefix = prefix
-        self._cache: OrderedDict[int, Batch] = OrderedDict()
+        self._starts: list[int] = []  # first seqs of the cached batches, ascending
+        self._cache: dict[int, Batch] = {}
         self._cached_bytes = 0
 
     def _cached(self, seq: int, forwarder: str) -> Batch | None:
-        for batch in reversed(self._cache.values()):
-            if batch.holds(seq, forwarder):
-                return batch
-        return None
+        index = bisect.bisect_right(self._starts, seq) - 1
+        if index < 0:
+            return None
+        batch = self._cache[self._starts[index]]
+        return batch if batch.holds(seq, forwarder) else None
+
+    def _remember(self, batch: Batch) -> None:
+        if batch.first_seq in self._cache:
+            return
+        bisect.insort(self._starts, batch.first_seq)
+        self._cache[batch.first_seq] = batch
+        self._cached_bytes += batch.size
 
     async def _fetch(self, forwarder: str, after_seq: int, upto_seq: int) -> Batch | None:
         rows = await self._query(
@@ -256,22 +271,30 @@ class BatchReader:
             rows = await self._query(READ, (after_seq + 1, NO_SEQ_BOUND, after_seq, forwarder, 1))
         batches = [Batch(row, self._prefix) for row in rows]
         for batch in batches:
-            self._cache[batch.first_seq] = batch
-            self._cache.move_to_end(batch.first_seq)
-            self._cached_bytes += batch.size
-        while len(self._cache) > len(batches) and self._cached_bytes > CACHED_BYTES:
-            _, dropped = self._cache.popitem(last=False)
-            self._cached_bytes -= dropped.size
+            self._remember(batch)
+        while len(self._starts) > len(batches) and (
+            self._cached_bytes > CACHED_BYTES or len(self._starts) > CACHED_BATCHES
+        ):
+            self._cached_bytes -= self._cache.pop(self._starts.pop(0)).size
         return batches[0] if batches else None
 
     async def read_after(self, forwarder: str, after_seq: int, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` events for ``forwarder`` with seq above ``after_seq``, in order."""
+        """Up to ``limit`` events for ``forwarder`` with seq above ``after_seq``, in order.
+
+        At most one fetch per call: a worker woken by each small commit would
+        otherwise pay for a second query only to learn there is nothing more.
+        Fewer than ``limit`` events does not mean there are no more.
+        """
         events: list[StoredEvent] = []
+        fetched = False
         while len(events) < limit:
             wanted = limit - len(events)
-            batch = self._cached(after_seq + 1, forwarder) or await self._fetch(
-                forwarder, after_seq, after_seq + wanted
-            )
+            batch = self._cached(after_seq + 1, forwarder)
+            if batch is None:
+                if fetched:
+                    break
+                batch = await self._fetch(forwarder, after_seq, after_seq + wanted)
+                fetched = True
             if batch is None or batch.last_seq <= after_seq:
                 break
             taken = batch.events(after_seq, wanted)

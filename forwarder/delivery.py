@@ -107,7 +107,10 @@ class DeliveryBuffer(Protocol):
         ...
 
     async def read_after(self, forwarder: str, after_seq: int, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` events for ``forwarder`` after ``after_seq``, in order."""
+        """Up to ``limit`` events for ``forwarder`` after ``after_seq``, in order.
+
+        May return fewer while more exist (one read per call); empty means none.
+        """
         ...
 
     async def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

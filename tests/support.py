@@ -345,3 +345,18 @@ def stored_events(path: Path) -> list[StoredEvent]:
     for row in rows:
         events.extend(Batch(row, prefix).events(0, row[1] - row[0] + 1))
     return events
+
+
+async def read_all(
+    buffer: Any, forwarder: str, after_seq: int = 0, limit: int = 100_000
+) -> list[StoredEvent]:
+    """Every event for ``forwarder`` after ``after_seq`` (up to ``limit``), over as many
+    ``read_after`` calls as it takes: one call may return fewer than it was asked for."""
+    events: list[StoredEvent] = []
+    while len(events) < limit:
+        more = await buffer.read_after(forwarder, after_seq, limit - len(events))
+        if not more:
+            break
+        events.extend(more)
+        after_seq = more[-1].seq
+    return events

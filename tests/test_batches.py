@@ -13,7 +13,7 @@ from forwarder import batches
 from forwarder.batches import EventRecord
 from forwarder.buffer import EventBuffer
 from forwarder.schema import MIGRATIONS, migrate
-from tests.support import stored_events
+from tests.support import read_all, stored_events
 
 
 @pytest.fixture
@@ -86,10 +86,10 @@ async def test_a_long_replay_for_another_forwarder_is_skipped_not_mistaken_for_t
     await buffer.append([record(1)])
     await buffer.append([record(n, only="b") for n in range(2, 3002)])
     await buffer.append([record(3002)])
-    seen = await buffer.read_after("a", 0, 100)
-    assert [e.seq for e in seen] == [1, 3002]
+    assert [e.seq for e in await buffer.read_after("a", 0, 100)] == [1]  # one fetch per call
     assert [e.seq for e in await buffer.read_after("a", 1, 10)] == [3002]
-    assert len(await buffer.read_after("b", 0, 5000)) == 3002  # all three batches
+    assert [e.seq for e in await read_all(buffer, "a")] == [1, 3002]
+    assert len(await read_all(buffer, "b")) == 3002  # all three batches
 
 
 async def test_ids_are_kept_when_given_and_generated_from_the_seq_otherwise(
@@ -163,3 +163,16 @@ async def test_version_2_events_are_migrated_into_batches(tmp_path: Path) -> Non
         assert [e.seq for e in await migrated.read_after("a", 9, 10)] == [10]
     finally:
         await migrated.close()
+
+
+async def test_many_small_batches_read_in_order_and_evicted_ones_are_read_again(
+    buffer: EventBuffer,
+) -> None:
+    """Single-event commits beyond the reader's cache bound still read back whole and in order."""
+    for n in range(1, batches.CACHED_BATCHES * 2 + 1):
+        await buffer.append([record(n)])
+    events = await read_all(buffer, "a")
+    assert [e.seq for e in events] == list(range(1, batches.CACHED_BATCHES * 2 + 1))
+    assert [number_of(e.body) for e in events[:3]] == [1, 2, 3]
+    # The first batches were evicted to stay within the bound: read from the disk again.
+    assert [e.seq for e in await buffer.read_after("b", 10, 5)] == [11, 12, 13, 14, 15]
