@@ -272,11 +272,19 @@ class BatchReader:
         batches = [Batch(row, self._prefix) for row in rows]
         for batch in batches:
             self._remember(batch)
-        while len(self._starts) > len(batches) and (
+        self._evict(keep={batch.first_seq for batch in batches})
+        return batches[0] if batches else None
+
+    def _evict(self, keep: set[int]) -> None:
+        """Drop the oldest batches beyond the bounds, except those just fetched."""
+        index = 0
+        while index < len(self._starts) and (
             self._cached_bytes > CACHED_BYTES or len(self._starts) > CACHED_BATCHES
         ):
-            self._cached_bytes -= self._cache.pop(self._starts.pop(0)).size
-        return batches[0] if batches else None
+            if self._starts[index] in keep:
+                index += 1
+                continue
+            self._cached_bytes -= self._cache.pop(self._starts.pop(index)).size
 
     async def read_after(self, forwarder: str, after_seq: int, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` events for ``forwarder`` with seq above ``after_seq``, in order.
