@@ -651,8 +651,15 @@ class EventBuffer:
             rows = await conn.execute_fetchall("PRAGMA freelist_count")
             free_pages = int(next(iter(rows))[0])
             step_pages = VACUUM_STEP_BYTES // self._page_size
-            self._vacuum_wanted = free_pages * self._page_size >= VACUUM_MIN_FREE_BYTES
+            mid_vacuum = self._free_pages_left
+            # Mid-vacuum, the last few pages are taken too: only that final step
+            # checkpoints and cuts the WAL the earlier steps have grown.
+            self._vacuum_wanted = free_pages * self._page_size >= VACUUM_MIN_FREE_BYTES or (
+                mid_vacuum and free_pages > 0
+            )
             self._free_pages_left = free_pages > step_pages
+            if mid_vacuum and not self._vacuum_wanted:
+                self._truncate_pending = True  # nothing left to free: just the checkpoint
             if self._vacuum_wanted:
                 # In steps, so one transaction never holds the write lock for long;
                 # while pages are left the next step comes soon, not in 10 s.

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from forwarder import buffer as buffer_module
 from forwarder.buffer import AppendResult, EventBuffer, EventRecord, StoredEvent
 from forwarder.errors import BufferUnavailableError
 from forwarder.schema import PAGE_SIZE, SCHEMA_VERSION, SchemaTooNewError, migrate
@@ -491,6 +492,26 @@ async def test_file_returns_near_its_empty_size_after_a_backlog_drains(
         message="the file to shrink back",
     )
     assert stored_events(tmp_path / "buffer.db") == []
+
+
+async def test_a_vacuum_ending_below_its_threshold_still_cuts_the_wal(
+    open_buffer: OpenBuffer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps of 4 MiB with a 4 MiB threshold leave a remainder below it: the WAL still goes."""
+    monkeypatch.setattr(buffer_module, "VACUUM_STEP_BYTES", 4 * 1024 * 1024)
+    monkeypatch.setattr(buffer_module, "VACUUM_MIN_FREE_BYTES", 4 * 1024 * 1024)
+    fast = lambda: time.time() * 100  # noqa: E731  maintenance intervals pass 100x faster
+    path = tmp_path / "buffer.db"
+    buffer = await open_buffer(clock=fast, recent_capacity=0)
+    empty = buffer.size_bytes()
+    body = b'{"pad": "' + b"x" * 2000 + b'"}'
+    for _ in range(4):
+        await buffer.append([EventRecord(None, "t", body, False) for _ in range(5_000)])
+    await buffer.execute([], acks={"f": buffer.head_seq})
+    await wait_for(lambda: buffer.event_count == 0, timeout=30, message="the purge")
+    wal = Path(f"{path}-wal")
+    await wait_for(lambda: wal.stat().st_size == 0, timeout=30, message="the WAL cut to zero")
+    assert buffer.size_bytes() < empty + 8 * 1024 * 1024
 
 
 async def test_wal_is_cut_to_zero_once_a_reader_lets_go_of_an_old_snapshot(
