@@ -13,7 +13,7 @@ from forwarder import batches
 from forwarder.batches import EventRecord
 from forwarder.buffer import EventBuffer
 from forwarder.schema import MIGRATIONS, migrate
-from tests.support import read_all, stored_events
+from tests.support import read_all, stored_events, wait_for
 
 
 @pytest.fixture
@@ -176,3 +176,25 @@ async def test_many_small_batches_read_in_order_and_evicted_ones_are_read_again(
     assert [number_of(e.body) for e in events[:3]] == [1, 2, 3]
     # The first batches were evicted to stay within the bound: read from the disk again.
     assert [e.seq for e in await buffer.read_after("b", 10, 5)] == [11, 12, 13, 14, 15]
+
+
+async def test_a_cursor_inside_a_batch_survives_a_restart(tmp_path: Path) -> None:
+    """Half a batch delivered, then a restart: the rest is read, and the batch goes after it."""
+    path = tmp_path / "restart.db"
+    first = EventBuffer(path, recent_capacity=0)
+    await first.open(["a"])
+    await first.append([record(n) for n in range(1, 11)])
+    await first.execute([], acks={"a": 5})
+    await first.close()
+
+    reopened = EventBuffer(path, recent_capacity=0)
+    await reopened.open(["a"])
+    try:
+        assert reopened.cursor("a") == 5
+        assert reopened.event_count == 10  # the batch stays whole
+        assert [e.seq for e in await read_all(reopened, "a", 5)] == [6, 7, 8, 9, 10]
+        await reopened.execute([], acks={"a": 10})
+        await wait_for(lambda: reopened.event_count == 0, timeout=10, message="the purge")
+        assert stored_events(path) == []
+    finally:
+        await reopened.close()
