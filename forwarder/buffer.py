@@ -8,8 +8,9 @@ Design:
   ``forwarders`` holding its cursor: the highest ``seq`` it has delivered or
   dead-lettered. An event is pending for a forwarder while ``seq > cursor``;
   batches wholly at or below the smallest cursor are deleted in ranges by
-  primary key. N forwarders cost N cursor updates per batch, not N copies of
-  each body, and a slow forwarder only delays the cleanup, never the others'.
+  primary key (when, and how the space goes back: ``forwarder.cleanup``).
+  N forwarders cost N cursor updates per batch, not N copies of each body,
+  and a slow forwarder only delays the cleanup, never the others' delivery.
 * **One writer task, group commit.** Every write (event appends, cursor acks,
   dead letters, registrations) is queued to a single task that drains the
   queue and commits everything it found in *one* transaction. Concurrent
@@ -37,146 +38,43 @@ import os
 import secrets
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import aiosqlite
 
 from forwarder import batches
 from forwarder.batches import BatchReader, EventRecord, StoredEvent
+from forwarder.cleanup import BUSY_TIMEOUT_MS, PURGE_INTERVAL_SECONDS, Cleanup
+from forwarder.commits import (
+    Append,
+    AppendListener,
+    AppendResult,
+    AppendSummary,
+    Group,
+    Op,
+    Part,
+    Register,
+    Statements,
+)
 from forwarder.errors import BufferUnavailableError
 from forwarder.logs import get_logger
 from forwarder.schema import migrate
 
-__all__ = ["AppendResult", "AppendSummary", "EventBuffer", "EventRecord", "StoredEvent"]
+__all__ = [
+    "AppendListener",
+    "AppendResult",
+    "AppendSummary",
+    "EventBuffer",
+    "EventRecord",
+    "StoredEvent",
+]
 
 log = get_logger("buffer")
 
-PURGE_CHUNK_ROWS = 50_000
-PURGE_INTERVAL_SECONDS = 1.0
-VACUUM_INTERVAL_SECONDS = 10.0
-VACUUM_STEP_BYTES = 32 * 1024 * 1024  # handed back per transaction
-VACUUM_MIN_FREE_BYTES = 4 * 1024 * 1024  # less than this free is not worth a vacuum
-VACUUM_STEP_PAUSE = 0.2
 MAX_GROUP_OPS = 4096
-BUSY_TIMEOUT_MS = 5000
-TRUNCATE_WAIT_MS = 100
 _IN_CHUNK = 500
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    """What happened to one append: events accepted, and how many were duplicates."""
-
-    accepted: int
-    duplicates: int
-
-
-@dataclass(slots=True)
-class _Append:
-    records: Sequence[EventRecord]
-    future: asyncio.Future[AppendResult]
-    statements: list[tuple[str, Sequence[Sequence[Any]]]] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Statements:
-    statements: list[tuple[str, Sequence[Sequence[Any]]]]
-    acks: dict[str, int]
-    future: asyncio.Future[None] | None
-
-
-@dataclass(slots=True)
-class _Register:
-    names: list[str]
-    future: asyncio.Future[None]
-
-
-@dataclass(frozen=True, slots=True)
-class AppendSummary:
-    """What one commit appended, for listeners: enough to keep pending counts exact.
-
-    Counts are by event type (a forwarder's filter decides per type);
-    ``replays`` are rows meant for one forwarder only. Small enough to send to
-    the delivery process with every commit.
-    """
-
-    last_seq: int
-    first_received_at: float
-    by_type: dict[str | None, int]
-    replays: dict[str, dict[str | None, int]]
-
-    @classmethod
-    def of(cls, parts: Sequence[_Part], received_at: float) -> AppendSummary:
-        """Summarise the batches of one commit (in seq order)."""
-        by_type: Counter[str | None] = Counter()
-        replays: dict[str, Counter[str | None]] = {}
-        for part in parts:
-            only_forwarder = part.records[0].only_forwarder
-            counts = (
-                by_type if only_forwarder is None else replays.setdefault(only_forwarder, Counter())
-            )
-            counts.update([record.event_type for record in part.records])
-        last = parts[-1]
-        return cls(
-            last.first_seq + len(last.records) - 1,
-            received_at,
-            dict(by_type),
-            {name: dict(counts) for name, counts in replays.items()},
-        )
-
-    def to_message(self) -> dict[str, Any]:
-        """JSON-safe form (event types may be null, so counts are pairs)."""
-        return {
-            "last_seq": self.last_seq,
-            "first_received_at": self.first_received_at,
-            "by_type": list(self.by_type.items()),
-            "replays": {name: list(counts.items()) for name, counts in self.replays.items()},
-        }
-
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> AppendSummary:
-        """The inverse of :meth:`to_message`."""
-        return cls(
-            int(message["last_seq"]),
-            float(message["first_received_at"]),
-            {kind: int(n) for kind, n in message["by_type"]},
-            {
-                name: {kind: int(n) for kind, n in counts}
-                for name, counts in message["replays"].items()
-            },
-        )
-
-
-class _Part(NamedTuple):
-    """One batch of a commit: its records and the seq of the first."""
-
-    first_seq: int
-    records: Sequence[EventRecord]
-
-
-_Op = _Append | _Statements | _Register
-AppendListener = Callable[[AppendSummary], None]
-
-
-@dataclass
-class _Group:
-    """The ops of one transaction and what they will change once committed."""
-
-    ops: list[_Op]
-    parts: list[_Part] = field(default_factory=list)
-    received_at: float = 0.0
-    results: list[AppendResult] = field(default_factory=list)
-    acks: dict[str, int] = field(default_factory=dict)
-    registered: dict[str, int] = field(default_factory=dict)
-    removed: set[str] = field(default_factory=set)
-    purged_upto: int | None = None
-    purged_rows: int = 0
-    purge_blocked_below: int = 0
-    vacuum_pages: int = 0
 
 
 class EventBuffer:
@@ -198,24 +96,17 @@ class EventBuffer:
         self._clock = clock
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Op | None] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         self._accepting = False
         self._next_seq = 0
-        self._purged_upto = 0  # every batch ending at or below it is deleted
-        self._purge_blocked_below = 0  # the first batch left ends here: wait for the floor
+        self._cleanup = Cleanup(clock)
         self._cursors: dict[str, int] = {}
         self._event_count = 0
         self._recent: list[StoredEvent] = []
         self._listeners: list[AppendListener] = []
         self._changed = asyncio.Event()
-        self._last_purge = 0.0
-        self._last_vacuum = 0.0
         self._last_dedup_purge = 0.0
-        self._vacuum_wanted = True
-        self._free_pages_left = False
-        self._page_size = 4096
-        self._truncate_pending = False
         self._instance = 0
         self._id_prefix = ""
         self._batch_reader = BatchReader(self.query, "")
@@ -257,14 +148,16 @@ class EventBuffer:
     async def _load_state(self) -> None:
         assert self._writer is not None
         page_size = await self._writer.execute_fetchall("PRAGMA page_size")
-        self._page_size = int(next(iter(page_size))[0])
         rows = await self._writer.execute_fetchall(
             "SELECT (SELECT value FROM meta WHERE key = 'high_water_seq'),"
             " max(last_seq), min(first_seq), sum(last_seq - first_seq + 1) FROM batches"
         )
         high_water, max_seq, min_seq, count = next(iter(rows))
         self._next_seq = max(high_water or 0, max_seq or 0)
-        self._purged_upto = (min_seq - 1) if min_seq is not None else self._next_seq
+        self._cleanup.load(
+            (min_seq - 1) if min_seq is not None else self._next_seq,
+            int(next(iter(page_size))[0]),
+        )
         self._event_count = int(count or 0)
         instance = await self._writer.execute_fetchall(
             "SELECT value FROM meta WHERE key = 'instance'"
@@ -365,7 +258,7 @@ class EventBuffer:
 
     # -- writes ----------------------------------------------------------------
 
-    def _submit(self, op: _Op) -> None:
+    def _submit(self, op: Op) -> None:
         if not self._accepting:
             raise BufferUnavailableError("shutting_down", "the buffer is not accepting writes")
         self._queue.put_nowait(op)
@@ -381,7 +274,7 @@ class EventBuffer:
         the rows it re-queues, so an event is never in both places or neither).
         """
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._submit(_Append(records, future, statements or []))
+        self._submit(Append(records, future, statements or []))
         return await future
 
     def ack(self, forwarder: str, seq: int) -> None:
@@ -390,14 +283,14 @@ class EventBuffer:
         Not awaited: an ack lost in a crash only means the batch is delivered
         again (at-least-once), and the next ack covers it.
         """
-        self._submit(_Statements([], {forwarder: seq}, None))
+        self._submit(Statements([], {forwarder: seq}, None))
 
     def submit(self, statements: list[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         """Queue statements for the next group commit without waiting for it.
 
         For records whose loss in a crash is acceptable (delivery history).
         """
-        self._submit(_Statements(statements, {}, None))
+        self._submit(Statements(statements, {}, None))
 
     async def execute(
         self,
@@ -406,7 +299,7 @@ class EventBuffer:
     ) -> None:
         """Run ``executemany`` statements (and cursor acks) in the next group commit."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._submit(_Statements(statements, acks or {}, future))
+        self._submit(Statements(statements, acks or {}, future))
         await future
 
     async def register_forwarders(self, names: Iterable[str]) -> None:
@@ -416,50 +309,38 @@ class EventBuffer:
         the cleanup of delivered events.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._submit(_Register(list(names), future))
+        self._submit(Register(list(names), future))
         await future
 
     async def _write_loop(self) -> None:
         stopping = False
         while not stopping:
             # Idle with cleanup left (a drained backlog): keep going in small steps.
-            idle_wait = 0.05 if self._cleanup_backlog() else PURGE_INTERVAL_SECONDS
+            idle_wait = 0.05 if self._cleanup.backlog(self._floor()) else PURGE_INTERVAL_SECONDS
             try:
                 first = await asyncio.wait_for(self._queue.get(), idle_wait)
             except TimeoutError:
-                if self._maintenance_due():
-                    await self._commit_group(_Group([]))
-                elif self._truncate_pending:
-                    await self._truncate_wal()
+                if self._cleanup.due(self._floor()):
+                    await self._commit_group(Group([]))
+                elif self._cleanup.truncate_pending and self._writer is not None:
+                    await self._cleanup.truncate_wal(self._writer)
                 continue
             if first is None:
                 break
-            ops: list[_Op] = [first]
+            ops: list[Op] = [first]
             while len(ops) < MAX_GROUP_OPS and not self._queue.empty():
                 op = self._queue.get_nowait()
                 if op is None:
                     stopping = True
                     break
                 ops.append(op)
-            await self._commit_group(_Group(ops))
+            await self._commit_group(Group(ops))
 
-    def _cleanup_backlog(self) -> bool:
-        """Delivered events still to delete, or free pages still to hand back."""
-        return self._purge_possible() or self._free_pages_left
+    def _floor(self) -> int:
+        """The smallest committed cursor: every event at or below it is delivered."""
+        return min(self._cursors.values(), default=self._next_seq)
 
-    def _purge_possible(self, floor: int | None = None) -> bool:
-        """Whether some batch lies wholly at or below the cursors' floor."""
-        if floor is None:
-            floor = min(self._cursors.values(), default=self._next_seq)
-        return floor > self._purged_upto and floor >= self._purge_blocked_below
-
-    def _maintenance_due(self) -> bool:
-        """Whether an idle writer has delivered events to delete or pages to free."""
-        return self._purge_possible() or (
-            self._clock() - self._last_vacuum >= VACUUM_INTERVAL_SECONDS and self._vacuum_wanted
-        )
-
-    async def _commit_group(self, group: _Group) -> None:
+    async def _commit_group(self, group: Group) -> None:
         conn = self._writer
         assert conn is not None
         try:
@@ -478,59 +359,21 @@ class EventBuffer:
             self._fail_group(group, exc)
             raise
         self._apply_group(group)
-        if group.vacuum_pages:
-            await self._vacuum(conn, group.vacuum_pages, truncate_wal=not self._free_pages_left)
+        await self._cleanup.vacuum(conn, group.cleanup)
 
-    async def _vacuum(self, conn: aiosqlite.Connection, pages: int, truncate_wal: bool) -> None:
-        """Hand up to ``pages`` free pages back to the file system, in its own transaction.
-
-        Through executescript: sqlite3's execute() steps a statement once, and
-        each step of incremental_vacuum frees a single page.
-        """
-        try:
-            await conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
-        except sqlite3.Error as exc:
-            log.warning("buffer_vacuum_failed", error=str(exc))
-        if truncate_wal:
-            # The last step: checkpoint so the shorter file and WAL reach the disk.
-            await self._truncate_wal()
-
-    async def _truncate_wal(self) -> None:
-        """Checkpoint and cut the WAL to zero; retried while a reader holds an old snapshot.
-
-        A TRUNCATE checkpoint cannot finish while the delivery process reads
-        an older snapshot, and nothing else would shrink the WAL once writes
-        stop: an idle writer tries again until it succeeds.
-        """
-        conn = self._writer
-        assert conn is not None
-        try:
-            # Briefly: while it waits for readers, no group commit can start.
-            await conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}")
-            rows = await conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
-            busy = bool(next(iter(rows))[0])
-        except sqlite3.Error as exc:
-            log.warning("buffer_checkpoint_failed", error=str(exc))
-            busy = True
-        finally:
-            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if busy and not self._truncate_pending:
-            log.info("buffer_checkpoint_deferred", reason="a reader holds an older snapshot")
-        self._truncate_pending = busy
-
-    async def _write_group(self, conn: aiosqlite.Connection, group: _Group) -> None:
+    async def _write_group(self, conn: aiosqlite.Connection, group: Group) -> None:
         now = self._clock()
         for op in group.ops:
-            if isinstance(op, _Register):
+            if isinstance(op, Register):
                 await self._write_registration(conn, op, group, now)
-        appends = [op for op in group.ops if isinstance(op, _Append)]
+        appends = [op for op in group.ops if isinstance(op, Append)]
         if appends:
             await self._write_appends(conn, appends, group, now)
         for op in group.ops:
-            if isinstance(op, _Append):
+            if isinstance(op, Append):
                 for sql, rows in op.statements:
                     await conn.executemany(sql, rows)
-            if isinstance(op, _Statements):
+            if isinstance(op, Statements):
                 for sql, rows in op.statements:
                     await conn.executemany(sql, rows)
                 for name, seq in op.acks.items():
@@ -543,7 +386,7 @@ class EventBuffer:
         await self._maintain(conn, group, now)
 
     async def _write_registration(
-        self, conn: aiosqlite.Connection, op: _Register, group: _Group, now: float
+        self, conn: aiosqlite.Connection, op: Register, group: Group, now: float
     ) -> None:
         wanted = set(op.names)
         known = (set(self._cursors) | set(group.registered)) - group.removed
@@ -563,7 +406,7 @@ class EventBuffer:
         )
 
     async def _write_appends(
-        self, conn: aiosqlite.Connection, appends: list[_Append], group: _Group, now: float
+        self, conn: aiosqlite.Connection, appends: list[Append], group: Group, now: float
     ) -> None:
         known = await self._known_client_ids(conn, appends)
         client_rows: list[tuple[str, float]] = []
@@ -582,7 +425,7 @@ class EventBuffer:
         seq = self._next_seq
         rows = []
         for part in batches.split(kept):
-            group.parts.append(_Part(seq + 1, part))
+            group.parts.append(Part(seq + 1, part))
             rows.append(batches.batch_row(seq + 1, part, now))
             seq += len(part)
         group.received_at = now
@@ -595,7 +438,7 @@ class EventBuffer:
             )
 
     async def _known_client_ids(
-        self, conn: aiosqlite.Connection, appends: list[_Append]
+        self, conn: aiosqlite.Connection, appends: list[Append]
     ) -> set[str]:
         wanted = list({r.event_id for op in appends for r in op.records if r.client_supplied_id})
         known: set[str] = set()
@@ -608,66 +451,22 @@ class EventBuffer:
             known.update(str(row[0]) for row in rows)
         return known
 
-    async def _purge(self, conn: aiosqlite.Connection, group: _Group, upto: int) -> None:
-        """Delete the batches wholly in (purged_upto, upto]; note where the next one ends."""
-        in_range = "first_seq > ? AND first_seq <= ?"
-        bounds = (self._purged_upto, upto)
-        rows = await conn.execute_fetchall(
-            f"SELECT sum(last_seq - first_seq + 1) FROM batches WHERE {in_range} AND last_seq <= ?",
-            (*bounds, upto),
-        )
-        group.purged_rows = int(next(iter(rows))[0] or 0)
-        straddling = await conn.execute_fetchall(
-            f"SELECT first_seq, last_seq FROM batches WHERE {in_range} AND last_seq > ?",
-            (*bounds, upto),
-        )
-        await conn.execute(
-            f"DELETE FROM batches WHERE {in_range} AND last_seq <= ?", (*bounds, upto)
-        )
-        group.purged_upto, group.purge_blocked_below = upto, 0
-        for first_seq, last_seq in straddling:
-            # A batch partly delivered stays whole: purging resumes once the floor passes it.
-            group.purged_upto, group.purge_blocked_below = first_seq - 1, last_seq
-
-    async def _maintain(self, conn: aiosqlite.Connection, group: _Group, now: float) -> None:
-        """Delete delivered events, expired dedup ids, and hand free pages back."""
+    async def _maintain(self, conn: aiosqlite.Connection, group: Group, now: float) -> None:
+        """Delete delivered batches and expired dedup ids; plan the next vacuum step."""
         cursors = {n: c for n, c in self._cursors.items() if n not in group.removed}
         cursors.update(group.registered)
         for name, seq in group.acks.items():
             if name in cursors:
                 cursors[name] = max(cursors[name], seq)
         floor = min(cursors.values(), default=self._next_seq)
-        due = now - self._last_purge >= PURGE_INTERVAL_SECONDS
-        if self._purge_possible(floor) and (due or floor - self._purged_upto >= PURGE_CHUNK_ROWS):
-            await self._purge(conn, group, min(floor, self._purged_upto + PURGE_CHUNK_ROWS))
-            self._last_purge = now
+        group.cleanup = await self._cleanup.run(conn, floor, now)
         if now - self._last_dedup_purge >= 60.0:
             await conn.execute(
                 "DELETE FROM client_ids WHERE received_at < ?", (now - self._dedup_window,)
             )
             self._last_dedup_purge = now
-        if now - self._last_vacuum >= VACUUM_INTERVAL_SECONDS:
-            self._last_vacuum = now
-            rows = await conn.execute_fetchall("PRAGMA freelist_count")
-            free_pages = int(next(iter(rows))[0])
-            step_pages = VACUUM_STEP_BYTES // self._page_size
-            mid_vacuum = self._free_pages_left
-            # Mid-vacuum, the last few pages are taken too: only that final step
-            # checkpoints and cuts the WAL the earlier steps have grown.
-            self._vacuum_wanted = free_pages * self._page_size >= VACUUM_MIN_FREE_BYTES or (
-                mid_vacuum and free_pages > 0
-            )
-            self._free_pages_left = free_pages > step_pages
-            if mid_vacuum and not self._vacuum_wanted:
-                self._truncate_pending = True  # nothing left to free: just the checkpoint
-            if self._vacuum_wanted:
-                # In steps, so one transaction never holds the write lock for long;
-                # while pages are left the next step comes soon, not in 10 s.
-                group.vacuum_pages = min(free_pages, step_pages)
-                if self._free_pages_left:
-                    self._last_vacuum = now - VACUUM_INTERVAL_SECONDS + VACUUM_STEP_PAUSE
 
-    def _fail_group(self, group: _Group, exc: BaseException) -> None:
+    def _fail_group(self, group: Group, exc: BaseException) -> None:
         full = isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
         error = BufferUnavailableError(
             "buffer_full" if full else "storage_error",
@@ -680,22 +479,14 @@ class EventBuffer:
             if future is not None and not future.done():
                 future.set_exception(error)
 
-    def _apply_purge(self, group: _Group) -> None:
-        if group.purged_upto is not None:
-            self._purged_upto = group.purged_upto
-            self._purge_blocked_below = group.purge_blocked_below
-            self._event_count -= group.purged_rows
-            if group.purged_rows:
-                self._vacuum_wanted = True  # deleted rows leave free pages to hand back
-
-    def _apply_group(self, group: _Group) -> None:
+    def _apply_group(self, group: Group) -> None:
         for name in group.removed:
             self._cursors.pop(name, None)
         self._cursors.update(group.registered)
         for name, seq in group.acks.items():
             if name in self._cursors:
                 self._cursors[name] = max(self._cursors[name], seq)
-        self._apply_purge(group)
+        self._event_count -= self._cleanup.committed(group.cleanup)
         if group.parts:
             summary = AppendSummary.of(group.parts, group.received_at)
             self._event_count += summary.last_seq - self._next_seq
@@ -710,7 +501,7 @@ class EventBuffer:
         # A caller cancelled while waiting (client gone, drain timeout) has
         # cancelled its future; resolving that would kill the writer task.
         for op in group.ops:
-            if isinstance(op, _Append):
+            if isinstance(op, Append):
                 result = next(results)
                 if not op.future.done():
                     op.future.set_result(result)
@@ -719,7 +510,7 @@ class EventBuffer:
 
     # -- reads -----------------------------------------------------------------
 
-    def _remember(self, group: _Group) -> None:
+    def _remember(self, group: Group) -> None:
         if not self._recent_capacity:
             return
         for first_seq, records in group.parts:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from forwarder import buffer as buffer_module
+from forwarder import cleanup
 from forwarder.buffer import AppendResult, EventBuffer, EventRecord, StoredEvent
 from forwarder.errors import BufferUnavailableError
 from forwarder.schema import PAGE_SIZE, SCHEMA_VERSION, SchemaTooNewError, migrate
@@ -498,8 +498,8 @@ async def test_a_vacuum_ending_below_its_threshold_still_cuts_the_wal(
     open_buffer: OpenBuffer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Steps of 4 MiB with a 4 MiB threshold leave a remainder below it: the WAL still goes."""
-    monkeypatch.setattr(buffer_module, "VACUUM_STEP_BYTES", 4 * 1024 * 1024)
-    monkeypatch.setattr(buffer_module, "VACUUM_MIN_FREE_BYTES", 4 * 1024 * 1024)
+    monkeypatch.setattr(cleanup, "VACUUM_STEP_BYTES", 4 * 1024 * 1024)
+    monkeypatch.setattr(cleanup, "VACUUM_MIN_FREE_BYTES", 4 * 1024 * 1024)
     fast = lambda: time.time() * 100  # noqa: E731  maintenance intervals pass 100x faster
     path = tmp_path / "buffer.db"
     buffer = await open_buffer(clock=fast, recent_capacity=0)
