@@ -477,8 +477,13 @@ class DeliveryWorker:
         m.delivery_attempts.labels(self.name, "success", str(response.status)).inc()
         m.events_delivered.labels(self.name).inc(len(batch))
         m.last_success.labels(self.name).set(now)
-        # Events committed together share their arrival time: one observation each.
-        for received_at, count in Counter(e.received_at for e in batch).items():
+        # Events committed together share their arrival time: one observation each
+        # (and most requests carry the events of a single commit).
+        if batch[0].received_at == batch[-1].received_at:
+            arrivals = {batch[0].received_at: len(batch)}
+        else:
+            arrivals = Counter(e.received_at for e in batch)
+        for received_at, count in arrivals.items():
             m.ingest_to_delivery.observe(self.name, max(0.0, now - received_at), count)
         if self.status.consecutive_failures:
             log.info(
