@@ -743,20 +743,14 @@ async def post_bodies(
     content_type: str,
     connections: int,
     events_per_body: int,
-    socket_path: str = "",
 ) -> LoadResult:
     """POST every body to ``/v1/events`` with an aiohttp pool of keep-alive connections.
 
     ``connections`` clients each send their next body as soon as the previous
-    one is acknowledged (202); any other answer raises BenchError. Over the
-    Unix socket when ``socket_path`` is given (``url`` is then ignored).
+    one is acknowledged (202); any other answer raises BenchError.
     """
-    connector: aiohttp.BaseConnector = (
-        aiohttp.UnixConnector(path=socket_path, limit=connections)
-        if socket_path
-        else aiohttp.TCPConnector(limit=connections)
-    )
-    target = "http://localhost/v1/events" if socket_path else f"{url}/v1/events"
+    connector = aiohttp.TCPConnector(limit=connections)
+    target = f"{url}/v1/events"
     headers = {"Content-Type": content_type}
     latencies: list[float] = []
     next_body = iter(bodies)

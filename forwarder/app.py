@@ -66,10 +66,7 @@ class Daemon:
         # Listeners and the buffer are bound once; a reload cannot move them.
         self._bound = settings
         self.metrics = metrics if metrics is not None else Metrics(part="ingest")
-        # No in-memory tail: delivery reads the file from its own process.
-        self.buffer = EventBuffer(
-            settings.buffer.path, synchronous=settings.buffer.synchronous, recent_capacity=0
-        )
+        self.buffer = EventBuffer(settings.buffer.path, synchronous=settings.buffer.synchronous)
         self.delivery = DeliveryProcess(self.buffer, config_path, self._delivery_failed)
         self.housekeeper = Housekeeper(
             self.buffer,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -50,19 +51,16 @@ COLUMNS = (
 INSERT = f"INSERT INTO batches ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 # The batches holding one forwarder's events in (after, upto], by primary-key
 # range: from the batch containing after + 1 (the largest first_seq <= after + 1).
-READ = (
-    f"SELECT {COLUMNS} FROM batches"
-    " WHERE first_seq >= (SELECT coalesce(max(first_seq), 0) FROM batches WHERE first_seq <= ?)"
-    " AND first_seq <= ? AND last_seq > ? AND (only_forwarder IS NULL OR only_forwarder = ?)"
-    " ORDER BY first_seq LIMIT ?"
-)
-# What is pending for a forwarder in (after, upto]: types and arrival times, not bodies.
-PENDING = (
-    "SELECT first_seq, last_seq, received_at, event_types FROM batches"
+# Parameters: after + 1, upto, after, forwarder.
+_IN_RANGE = (
+    " FROM batches"
     " WHERE first_seq >= (SELECT coalesce(max(first_seq), 0) FROM batches WHERE first_seq <= ?)"
     " AND first_seq <= ? AND last_seq > ? AND (only_forwarder IS NULL OR only_forwarder = ?)"
     " ORDER BY first_seq"
 )
+READ = f"SELECT {COLUMNS}{_IN_RANGE} LIMIT ?"
+# What is pending: types and arrival times, not bodies.
+PENDING = f"SELECT first_seq, last_seq, received_at, event_types{_IN_RANGE}"
 
 
 @dataclass(slots=True)
@@ -269,7 +267,8 @@ class BatchReader:
             # Nothing starts by upto_seq: the next batch may lie beyond a long
             # stretch of other forwarders' replays, or not exist yet.
             rows = await self._query(READ, (after_seq + 1, NO_SEQ_BOUND, after_seq, forwarder, 1))
-        batches = [Batch(row, self._prefix) for row in rows]
+        # Rows already cached (small batches fetched by a read further back) are not decoded again.
+        batches = [self._cache.get(row[0]) or Batch(row, self._prefix) for row in rows]
         for batch in batches:
             self._remember(batch)
         self._evict(keep={batch.first_seq for batch in batches})
@@ -320,7 +319,7 @@ def pending_counts(
     for first, last, received_at, types in rows:
         start = max(after_seq + 1, first) - first
         stop = min(upto_seq, last) - first + 1
-        for kind in expand_runs(types)[start:stop]:
-            count, oldest = counts.get(kind, (0, received_at))
-            counts[kind] = (count + 1, min(oldest, received_at))
+        for kind, count in Counter(expand_runs(types)[start:stop]).items():
+            total, oldest = counts.get(kind, (0, received_at))
+            counts[kind] = (total + count, min(oldest, received_at))
     return counts

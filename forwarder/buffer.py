@@ -18,10 +18,9 @@ Design:
   ``synchronous=full``, one fsync), and ``seq`` can be assigned in memory
   because nothing else writes. An append's future resolves only after the
   commit, which is when ingest acknowledges.
-* **Reads off the writer.** Delivery reads on a second, read-only connection
-  (WAL readers never block the writer). Recently committed events are also
-  kept in a bounded in-memory tail, so forwarders that keep up never touch
-  the disk to read what was just written.
+* **Reads off the writer.** Reads go to a second, read-only connection (WAL
+  readers never block the writer), a batch at a time, through the same
+  ``BatchReader`` the delivery process uses.
 * **Duplicates.** Client-supplied ids are remembered in ``client_ids`` for
   ``dedup_window_seconds`` (beyond the event's own life in the buffer), so a
   client retrying an acknowledged request within that window is not
@@ -86,13 +85,11 @@ class EventBuffer:
         *,
         synchronous: Literal["normal", "full"] = "normal",
         dedup_window_seconds: float = 3600.0,
-        recent_capacity: int = 20_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self._synchronous = synchronous
         self._dedup_window = dedup_window_seconds
-        self._recent_capacity = recent_capacity
         self._clock = clock
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -103,7 +100,6 @@ class EventBuffer:
         self._cleanup = Cleanup(clock)
         self._cursors: dict[str, int] = {}
         self._event_count = 0
-        self._recent: list[StoredEvent] = []
         self._listeners: list[AppendListener] = []
         self._changed = asyncio.Event()
         self._last_dedup_purge = 0.0
@@ -491,7 +487,6 @@ class EventBuffer:
             summary = AppendSummary.of(group.parts, group.received_at)
             self._event_count += summary.last_seq - self._next_seq
             self._next_seq = summary.last_seq
-            self._remember(group)
             if self._listeners:
                 for listener in list(self._listeners):
                     listener(summary)
@@ -510,36 +505,8 @@ class EventBuffer:
 
     # -- reads -----------------------------------------------------------------
 
-    def _remember(self, group: Group) -> None:
-        if not self._recent_capacity:
-            return
-        for first_seq, records in group.parts:
-            self._recent.extend(
-                StoredEvent(
-                    seq,
-                    record.event_id or batches.generated_id(self._id_prefix, seq),
-                    record.event_type,
-                    group.received_at,
-                    record.only_forwarder,
-                    record.body,
-                )
-                for seq, record in enumerate(records, start=first_seq)
-            )
-        if len(self._recent) > 2 * self._recent_capacity:
-            del self._recent[: len(self._recent) - self._recent_capacity]
-
     async def read_after(self, forwarder: str, after_seq: int, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` events for ``forwarder`` with seq above ``after_seq``, in order."""
-        recent = self._recent
-        if recent and recent[0].seq <= after_seq + 1:
-            start = after_seq + 1 - recent[0].seq
-            picked: list[StoredEvent] = []
-            for event in recent[start:]:
-                if event.only_forwarder is None or event.only_forwarder == forwarder:
-                    picked.append(event)
-                    if len(picked) >= limit:
-                        break
-            return picked
         return await self._batch_reader.read_after(forwarder, after_seq, limit)
 
     async def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

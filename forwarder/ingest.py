@@ -118,11 +118,12 @@ def _event_record(event: Any, raw: bytes | None, where: str, max_event_bytes: in
 
 
 def _event_type(event: dict[str, Any]) -> str | None:
-    for key in ("event_type", "type"):
-        value = event.get(key)
-        if isinstance(value, str):
-            return value
-    return None
+    """``event_type``, else ``type``, when it is a string (no loop: called per event)."""
+    value = event.get("event_type")
+    if type(value) is str:
+        return value
+    value = event.get("type")
+    return value if type(value) is str else None
 
 
 def parse_json(body: bytes, max_event_bytes: int) -> list[EventRecord]:
@@ -161,12 +162,7 @@ def parse_ndjson(body: bytes, max_event_bytes: int) -> list[EventRecord]:
         if type(event) is not dict or "id" in event or len(line) > max_event_bytes:
             append(_event_record(event, line, f"line {number}: ", max_event_bytes))
             continue
-        event_type = event.get("event_type")
-        if type(event_type) is not str:
-            event_type = event.get("type")
-            if type(event_type) is not str:
-                event_type = None
-        append(EventRecord(None, event_type, line, False))
+        append(EventRecord(None, _event_type(event), line, False))
     return records
 
 

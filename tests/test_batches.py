@@ -19,7 +19,7 @@ from tests.support import read_all, stored_events, wait_for
 @pytest.fixture
 async def buffer(tmp_path: Path) -> AsyncIterator[EventBuffer]:
     """A real buffer whose reads always go to SQLite (no in-memory tail)."""
-    opened = EventBuffer(tmp_path / "buffer.db", recent_capacity=0)
+    opened = EventBuffer(tmp_path / "buffer.db")
     await opened.open(["a", "b"])
     yield opened
     await opened.close()
@@ -148,7 +148,7 @@ async def test_version_2_events_are_migrated_into_batches(tmp_path: Path) -> Non
     assert migrate(conn) == 2
     conn.close()
 
-    migrated = EventBuffer(path, recent_capacity=0)
+    migrated = EventBuffer(path)
     await migrated.open(["a"])
     try:
         assert migrated.head_seq == 9
@@ -181,13 +181,13 @@ async def test_many_small_batches_read_in_order_and_evicted_ones_are_read_again(
 async def test_a_cursor_inside_a_batch_survives_a_restart(tmp_path: Path) -> None:
     """Half a batch delivered, then a restart: the rest is read, and the batch goes after it."""
     path = tmp_path / "restart.db"
-    first = EventBuffer(path, recent_capacity=0)
+    first = EventBuffer(path)
     await first.open(["a"])
     await first.append([record(n) for n in range(1, 11)])
     await first.execute([], acks={"a": 5})
     await first.close()
 
-    reopened = EventBuffer(path, recent_capacity=0)
+    reopened = EventBuffer(path)
     await reopened.open(["a"])
     try:
         assert reopened.cursor("a") == 5

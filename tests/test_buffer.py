@@ -110,18 +110,16 @@ async def test_append_resolves_after_commit_with_contiguous_seqs(
     assert buffer.event_count == 4
 
 
-async def test_reads_from_tail_and_from_disk_give_the_same_events(
+async def test_reads_from_any_position_give_the_same_events(
     open_buffer: OpenBuffer, tmp_path: Path
 ) -> None:
-    """read_after returns the same ordered, contiguous events from the memory tail and SQLite."""
-    clock = Clock()  # same received_at in both buffers, so whole records compare equal
-    tail = await open_buffer(path=tmp_path / "tail.db", clock=clock)
-    disk = await open_buffer(path=tmp_path / "disk.db", clock=clock, recent_capacity=2)
+    """read_after from any seq and limit returns the same ordered, contiguous events."""
+    clock = Clock()
+    buffer = await open_buffer(clock=clock)
     for group in ([1, 2, 3, 4], [5, 6, 7], [8, 9, 10]):
-        await append_numbered(tail, group)
-        await append_numbered(disk, group)
+        await append_numbered(buffer, group)
 
-    everything = await tail.read_after("f", 0, 100)
+    everything = await buffer.read_after("f", 0, 100)
     assert [e.seq for e in everything] == list(range(1, 11))
     assert [e.body for e in everything] == [f'{{"n": {n}}}'.encode() for n in range(1, 11)]
     assert everything[0] == StoredEvent(
@@ -129,18 +127,14 @@ async def test_reads_from_tail_and_from_disk_give_the_same_events(
     )
     for after_seq in range(12):
         for limit in (1, 3, 100):
-            from_tail = await tail.read_after("f", after_seq, limit)
-            from_disk = await disk.read_after("f", after_seq, limit)
-            assert from_tail == from_disk, (after_seq, limit)
-            assert [e.seq for e in from_tail] == list(range(after_seq + 1, 11))[:limit]
+            read = await buffer.read_after("f", after_seq, limit)
+            assert read == everything[after_seq : after_seq + limit], (after_seq, limit)
+            assert [e.seq for e in read] == list(range(after_seq + 1, 11))[:limit]
 
 
-@pytest.mark.parametrize("recent_capacity", [20_000, 1], ids=["tail", "disk"])
-async def test_only_forwarder_rows_go_to_that_forwarder_only(
-    open_buffer: OpenBuffer, recent_capacity: int
-) -> None:
+async def test_only_forwarder_rows_go_to_that_forwarder_only(open_buffer: OpenBuffer) -> None:
     """A row with only_forwarder set is read by that forwarder and skipped by the others."""
-    buffer = await open_buffer(["a", "b"], recent_capacity=recent_capacity)
+    buffer = await open_buffer(["a", "b"])
     await buffer.append([record(1), record(2, only="a"), record(3), record(4, only="b")])
     await append_numbered(buffer, [5])
 
@@ -476,7 +470,7 @@ async def test_file_returns_near_its_empty_size_after_a_backlog_drains(
 ) -> None:
     """Once a backlog is delivered, an idle buffer deletes it and hands the pages back."""
     fast = lambda: time.time() * 100  # noqa: E731  maintenance intervals pass 100x faster
-    buffer = await open_buffer(clock=fast, recent_capacity=0)
+    buffer = await open_buffer(clock=fast)
     empty = buffer.size_bytes()
     body = b'{"pad": "' + b"x" * 2000 + b'"}'
     for _ in range(20):
@@ -502,7 +496,7 @@ async def test_a_vacuum_ending_below_its_threshold_still_cuts_the_wal(
     monkeypatch.setattr(cleanup, "VACUUM_MIN_FREE_BYTES", 4 * 1024 * 1024)
     fast = lambda: time.time() * 100  # noqa: E731  maintenance intervals pass 100x faster
     path = tmp_path / "buffer.db"
-    buffer = await open_buffer(clock=fast, recent_capacity=0)
+    buffer = await open_buffer(clock=fast)
     empty = buffer.size_bytes()
     body = b'{"pad": "' + b"x" * 2000 + b'"}'
     for _ in range(4):
@@ -520,7 +514,7 @@ async def test_wal_is_cut_to_zero_once_a_reader_lets_go_of_an_old_snapshot(
     """A checkpoint blocked by a reader (as the delivery process is) is retried until done."""
     fast = lambda: time.time() * 100  # noqa: E731  maintenance intervals pass 100x faster
     path = tmp_path / "buffer.db"
-    buffer = await open_buffer(clock=fast, recent_capacity=0)
+    buffer = await open_buffer(clock=fast)
     body = b'{"pad": "' + b"x" * 2000 + b'"}'
     await buffer.append([EventRecord(None, "t", body, False) for _ in range(5_000)])
     reader = sqlite3.connect(path, isolation_level=None)

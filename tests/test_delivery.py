@@ -541,7 +541,7 @@ async def test_idle_worker_does_not_spin_on_replays_for_another_forwarder(
     tmp_path: Path, receiver: ScriptedReceiver, registry: CollectorRegistry
 ) -> None:
     """Rows replayed only for f do not keep g's worker re-reading the buffer while it is idle."""
-    buffer = EventBuffer(tmp_path / "replays.db", recent_capacity=2)  # reads go to SQLite
+    buffer = EventBuffer(tmp_path / "replays.db")
     await buffer.open(["f", "g"])
     worker = DeliveryWorker(webhook(receiver, name="g"), buffer, Metrics(registry), rng=no_jitter)
     try:
