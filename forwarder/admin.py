@@ -24,11 +24,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from forwarder import dead_letters
-from forwarder.buffer import EventBuffer
+from forwarder.buffer import dead_letters
+from forwarder.buffer.history import unpack_event_ids
+from forwarder.buffer.store import EventBuffer
 from forwarder.errors import IngestError
 from forwarder.forwarders import Forwarders, UnknownForwarderError, iso
-from forwarder.history import unpack_event_ids
 from forwarder.ingest import check_token
 from forwarder.logs import get_logger
 

@@ -35,7 +35,8 @@ from aiohttp import web
 
 from forwarder import __version__
 from forwarder.admin import AdminContext, add_admin_routes
-from forwarder.buffer import EventBuffer
+from forwarder.buffer.retention import Housekeeper
+from forwarder.buffer.store import EventBuffer
 from forwarder.config import Settings
 from forwarder.delivery_process import DeliveryProcess
 from forwarder.errors import ForwarderError
@@ -44,7 +45,6 @@ from forwarder.logs import configure_logging, get_logger, redactor
 from forwarder.metrics import BufferGauges, Metrics, counter_total
 from forwarder.probes import ProbeState, build_probe_app
 from forwarder.reload import Reloader
-from forwarder.retention import Housekeeper
 
 log = get_logger("daemon")
 

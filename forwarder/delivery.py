@@ -45,8 +45,9 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from forwarder import batches
-from forwarder.buffer import AppendListener, AppendSummary, StoredEvent
+from forwarder.buffer import batches
+from forwarder.buffer.history import pack_event_ids
+from forwarder.buffer.store import AppendListener, AppendSummary, StoredEvent
 from forwarder.config import WebhookForwarderConfig
 from forwarder.errors import (
     BufferUnavailableError,
@@ -55,7 +56,6 @@ from forwarder.errors import (
     RetryableDeliveryError,
 )
 from forwarder.filters import EventFilter
-from forwarder.history import pack_event_ids
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics
 from forwarder.requests import BuiltRequest, RequestBuilder

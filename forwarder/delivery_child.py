@@ -28,13 +28,13 @@ from typing import Any
 import structlog
 from prometheus_client import generate_latest
 
+from forwarder.buffer.ipc import Channel
+from forwarder.buffer.remote import RemoteBuffer
 from forwarder.config import Settings, load_config
 from forwarder.errors import ConfigError
 from forwarder.forwarders import LocalForwarders
-from forwarder.ipc import Channel
 from forwarder.logs import configure_logging, get_logger, redactor
 from forwarder.metrics import ForwarderGauges, Metrics, counter_total
-from forwarder.remote_buffer import RemoteBuffer
 
 log = get_logger("delivery_process")
 

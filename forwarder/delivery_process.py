@@ -26,11 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from forwarder.buffer import AppendSummary, EventBuffer
+from forwarder.buffer.ipc import Channel, RemoteError
+from forwarder.buffer.remote import unpack_statements
+from forwarder.buffer.store import AppendSummary, EventBuffer
 from forwarder.forwarders import UnknownForwarderError
-from forwarder.ipc import Channel, RemoteError
 from forwarder.logs import get_logger
-from forwarder.remote_buffer import unpack_statements
 
 log = get_logger("daemon")
 

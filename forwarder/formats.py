@@ -31,7 +31,7 @@ from typing import Any, Protocol, assert_never
 
 import orjson
 
-from forwarder.buffer import StoredEvent
+from forwarder.buffer.store import StoredEvent
 from forwarder.options import WebhookForwarderConfig
 from forwarder.templates import Template, compile_template
 

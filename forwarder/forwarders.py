@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from forwarder.buffer import StoredEvent
+from forwarder.buffer.store import StoredEvent
 from forwarder.delivery import DeliveryBuffer, DeliveryWorker
 from forwarder.errors import DeliveryError
 from forwarder.ids import IdGenerator

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from forwarder.buffer import EventBuffer, EventRecord
+from forwarder.buffer.store import EventBuffer, EventRecord
 from forwarder.config import IngestConfig
 from forwarder.errors import BufferUnavailableError, IngestError
 from forwarder.logs import get_logger

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from forwarder.auth import request_target
-from forwarder.buffer import StoredEvent
+from forwarder.buffer.store import StoredEvent
 from forwarder.formats import build_encoder
 from forwarder.options import WebhookForwarderConfig
 from forwarder.sending import USER_AGENT, OutgoingRequest, proxy_for

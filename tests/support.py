@@ -26,7 +26,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from forwarder.batches import Batch, StoredEvent, id_prefix
+from forwarder.buffer.batches import Batch, StoredEvent, id_prefix
 
 CLI = str(Path(sys.executable).with_name("audit-forwarder"))
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, make_mocked_request
 from prometheus_client import CollectorRegistry
 
 from forwarder.admin import AdminContext, _is_local, add_admin_routes
-from forwarder.buffer import EventBuffer
+from forwarder.buffer.store import EventBuffer
 from forwarder.config import IngestConfig, WebhookForwarderConfig
 from forwarder.delivery import INSERT_DEAD_LETTER, DeliveryWorker
 from forwarder.forwarders import LocalForwarders, describe_request

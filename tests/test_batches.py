@@ -9,10 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from forwarder import batches
-from forwarder.batches import EventRecord
-from forwarder.buffer import EventBuffer
-from forwarder.schema import MIGRATIONS, migrate
+from forwarder.buffer import batches
+from forwarder.buffer.batches import EventRecord
+from forwarder.buffer.schema import MIGRATIONS, migrate
+from forwarder.buffer.store import EventBuffer
 from tests.support import read_all, stored_events, wait_for
 
 

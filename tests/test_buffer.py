@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from forwarder import cleanup
-from forwarder.buffer import AppendResult, EventBuffer, EventRecord, StoredEvent
+from forwarder.buffer import cleanup
+from forwarder.buffer.schema import PAGE_SIZE, SCHEMA_VERSION, SchemaTooNewError, migrate
+from forwarder.buffer.store import AppendResult, EventBuffer, EventRecord, StoredEvent
 from forwarder.errors import BufferUnavailableError
-from forwarder.schema import PAGE_SIZE, SCHEMA_VERSION, SchemaTooNewError, migrate
 from tests.support import read_all, stored_events, wait_for
 
 OpenBuffer = Callable[..., Awaitable[EventBuffer]]

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from forwarder.buffer import EventBuffer, EventRecord
+from forwarder.buffer.store import EventBuffer, EventRecord
 from forwarder.config import RetryConfig, WebhookForwarderConfig
 from forwarder.delivery import DeliveryWorker
 from forwarder.errors import RetryableDeliveryError

@@ -18,7 +18,7 @@ from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.http import HTTPMessage, from_http
 from cloudevents.core.formats.json import JSONFormat
 
-from forwarder.buffer import StoredEvent
+from forwarder.buffer.store import StoredEvent
 from forwarder.formats import (
     EncodedBody,
     Encoder,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from forwarder.history import pack_event_ids, unpack_event_ids
+from forwarder.buffer.history import pack_event_ids, unpack_event_ids
 
 
 def test_history_event_ids_round_trip_compressed_and_read_old_text() -> None:

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from pytest_aiohttp import AiohttpClient
 
-from forwarder.buffer import EventBuffer
+from forwarder.buffer.store import EventBuffer
 from forwarder.config import IngestConfig
 from forwarder.ingest import IngestContext, build_ingest_app
 from forwarder.metrics import Metrics

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from forwarder.buffer import EventBuffer, EventRecord
+from forwarder.buffer.retention import Housekeeper
+from forwarder.buffer.store import EventBuffer, EventRecord
 from forwarder.delivery import INSERT_ATTEMPT, INSERT_DEAD_LETTER
-from forwarder.retention import Housekeeper
 from tests.support import wait_for
 
 DAY = 86_400.0

@@ -4,11 +4,11 @@ Design:
 
 * **Stored once, fanned out by cursor.** Each event has a ``seq`` (ingest
   order) and is stored once, in the ``batches`` row of the commit that took it
-  (the layout is in ``forwarder.batches``). Each forwarder owns one row of
+  (the layout is in ``forwarder.buffer.batches``). Each forwarder owns one row of
   ``forwarders`` holding its cursor: the highest ``seq`` it has delivered or
   dead-lettered. An event is pending for a forwarder while ``seq > cursor``;
   batches wholly at or below the smallest cursor are deleted in ranges by
-  primary key (when, and how the space goes back: ``forwarder.cleanup``).
+  primary key (when, and how the space goes back: ``forwarder.buffer.cleanup``).
   N forwarders cost N cursor updates per batch, not N copies of each body,
   and a slow forwarder only delays the cleanup, never the others' delivery.
 * **One writer task, group commit.** Every write (event appends, cursor acks,
@@ -43,10 +43,10 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from forwarder import batches
-from forwarder.batches import BatchReader, EventRecord, StoredEvent
-from forwarder.cleanup import BUSY_TIMEOUT_MS, PURGE_INTERVAL_SECONDS, Cleanup
-from forwarder.commits import (
+from forwarder.buffer import batches
+from forwarder.buffer.batches import BatchReader, EventRecord, StoredEvent
+from forwarder.buffer.cleanup import BUSY_TIMEOUT_MS, PURGE_INTERVAL_SECONDS, Cleanup
+from forwarder.buffer.commits import (
     Append,
     AppendListener,
     AppendResult,
@@ -57,9 +57,9 @@ from forwarder.commits import (
     Register,
     Statements,
 )
+from forwarder.buffer.schema import migrate
 from forwarder.errors import BufferUnavailableError
 from forwarder.logs import get_logger
-from forwarder.schema import migrate
 
 __all__ = [
     "AppendListener",

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from forwarder.batches import EventRecord
-from forwarder.cleanup import Planned
+from forwarder.buffer.batches import EventRecord
+from forwarder.buffer.cleanup import Planned
 
 
 @dataclass(frozen=True, slots=True)

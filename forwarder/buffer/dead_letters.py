@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from forwarder.buffer import EventBuffer, EventRecord
+from forwarder.buffer.store import EventBuffer, EventRecord
 
 REPLAY_CHUNK = 1000
 MAX_LIST_LIMIT = 1000

@@ -77,7 +77,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX delivery_attempts_forwarder ON delivery_attempts(forwarder, id);
     CREATE INDEX delivery_attempts_attempted_at ON delivery_attempts(attempted_at);
     """,
-    # 3: one row per committed batch instead of one per event (see forwarder.batches).
+    # 3: one row per committed batch instead of one per event (see forwarder.buffer.batches).
     """
     CREATE TABLE batches (
         first_seq      INTEGER PRIMARY KEY,  -- seq of the first event: the batch holds

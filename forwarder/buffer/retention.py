@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from forwarder.buffer import EventBuffer
+from forwarder.buffer.store import EventBuffer
 from forwarder.logs import get_logger
 
 log = get_logger("retention")

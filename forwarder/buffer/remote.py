@@ -2,7 +2,7 @@
 
 The delivery process opens the WAL database read-only (WAL readers never
 block the writer, across processes too) and reads events by primary-key
-range, a batch at a time (``forwarder.batches``). Every write — cursor acks,
+range, a batch at a time (``forwarder.buffer.batches``). Every write — cursor acks,
 delivery history, dead letters — is sent to the daemon over the channel and
 committed by the daemon's single writer task, so the one-writer, group-commit
 design holds for the whole program.
@@ -24,10 +24,10 @@ from typing import Any
 
 import aiosqlite
 
-from forwarder.batches import BatchReader, id_prefix
-from forwarder.buffer import AppendListener, AppendSummary, StoredEvent
+from forwarder.buffer.batches import BatchReader, id_prefix
+from forwarder.buffer.ipc import Channel
+from forwarder.buffer.store import AppendListener, AppendSummary, StoredEvent
 from forwarder.errors import BufferUnavailableError
-from forwarder.ipc import Channel
 from forwarder.logs import get_logger
 
 log = get_logger("remote_buffer")
