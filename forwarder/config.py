@@ -56,13 +56,13 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from forwarder.auth import check_token
+from forwarder.destinations.webhook.auth import check_token
+from forwarder.destinations.webhook.options import Model as _Model
+from forwarder.destinations.webhook.options import RetryConfig, WebhookForwarderConfig
+from forwarder.destinations.webhook.signing import check_secret
+from forwarder.destinations.webhook.templates import compile_template
+from forwarder.destinations.webhook.transport import check_tls, is_private
 from forwarder.errors import ConfigError, ConfigProblem
-from forwarder.options import Model as _Model
-from forwarder.options import RetryConfig, WebhookForwarderConfig
-from forwarder.signing import check_secret
-from forwarder.templates import compile_template
-from forwarder.transport import check_tls, is_private
 
 __all__ = ["RetryConfig", "Settings", "WebhookForwarderConfig", "load_config", "parse_config"]
 

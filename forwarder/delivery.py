@@ -49,6 +49,14 @@ from forwarder.buffer import batches
 from forwarder.buffer.history import pack_event_ids
 from forwarder.buffer.store import AppendListener, AppendSummary, StoredEvent
 from forwarder.config import WebhookForwarderConfig
+from forwarder.destinations.webhook.requests import BuiltRequest, RequestBuilder
+from forwarder.destinations.webhook.sending import (
+    RESPONSE_BODY_LIMIT,
+    Backoff,
+    Response,
+    send_request,
+)
+from forwarder.destinations.webhook.transport import build_connector
 from forwarder.errors import (
     BufferUnavailableError,
     DeliveryError,
@@ -58,9 +66,6 @@ from forwarder.errors import (
 from forwarder.filters import EventFilter
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics
-from forwarder.requests import BuiltRequest, RequestBuilder
-from forwarder.sending import RESPONSE_BODY_LIMIT, Backoff, Response, send_request
-from forwarder.transport import build_connector
 
 log = get_logger("delivery")
 

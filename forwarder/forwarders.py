@@ -26,11 +26,11 @@ import orjson
 
 from forwarder.buffer.store import StoredEvent
 from forwarder.delivery import DeliveryBuffer, DeliveryWorker
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
+from forwarder.destinations.webhook.sending import OutgoingRequest, send_request
 from forwarder.errors import DeliveryError
 from forwarder.ids import IdGenerator
 from forwarder.metrics import Metrics
-from forwarder.options import WebhookForwarderConfig
-from forwarder.sending import OutgoingRequest, send_request
 
 SECRET_HEADERS = frozenset({"authorization", "dd-api-key", "x-api-key", "x-splunk-token"})
 FailureHandler = Callable[[str, BaseException | None], None]

@@ -15,10 +15,10 @@ from forwarder.admin import AdminContext, _is_local, add_admin_routes
 from forwarder.buffer.store import EventBuffer
 from forwarder.config import IngestConfig, WebhookForwarderConfig
 from forwarder.delivery import INSERT_DEAD_LETTER, DeliveryWorker
+from forwarder.destinations.webhook.requests import RequestBuilder
 from forwarder.forwarders import LocalForwarders, describe_request
 from forwarder.ingest import IngestContext, build_ingest_app
 from forwarder.metrics import Metrics
-from forwarder.requests import RequestBuilder
 from tests.support import stored_events
 
 Client = TestClient[web.Request, web.Application]

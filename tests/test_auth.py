@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from forwarder.auth import check_token, mask_url, request_target
-from forwarder.options import WebhookForwarderConfig
+from forwarder.destinations.webhook.auth import check_token, mask_url, request_target
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from tests.support import Received, ScriptedReceiver
 
 

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from forwarder import __version__
 from forwarder.config import BufferConfig, IngestConfig, LoggingConfig, Settings
-from forwarder.options import WebhookForwarderConfig
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "audit-forwarder"

@@ -21,16 +21,16 @@ from prometheus_client import CollectorRegistry
 from forwarder.buffer.store import EventBuffer, EventRecord
 from forwarder.config import RetryConfig, WebhookForwarderConfig
 from forwarder.delivery import DeliveryWorker
-from forwarder.errors import RetryableDeliveryError
-from forwarder.ids import IdGenerator
-from forwarder.metrics import Metrics
-from forwarder.sending import (
+from forwarder.destinations.webhook.sending import (
     USER_AGENT,
     Backoff,
     OutgoingRequest,
     parse_retry_after,
     send_request,
 )
+from forwarder.errors import RetryableDeliveryError
+from forwarder.ids import IdGenerator
+from forwarder.metrics import Metrics
 from tests.conftest import ReceiverFactory
 from tests.support import Reply, ScriptedReceiver, wait_for
 

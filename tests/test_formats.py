@@ -19,13 +19,13 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http
 from cloudevents.core.formats.json import JSONFormat
 
 from forwarder.buffer.store import StoredEvent
-from forwarder.formats import (
+from forwarder.destinations.webhook.formats import (
     EncodedBody,
     Encoder,
     build_encoder,
     rfc3339,
 )
-from forwarder.options import WebhookForwarderConfig
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
 
 RECEIVED_AT = datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC).timestamp()
 

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from forwarder.signing import Signer, check_secret, message_id
+from forwarder.destinations.webhook.signing import Signer, check_secret, message_id
 from tests.support import ScriptedReceiver
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from forwarder.templates import Placeholder, Template, compile_template
+from forwarder.destinations.webhook.templates import Placeholder, Template, compile_template
 
 # Copied verbatim from the Apono "Audit Log Webhook" page (seed 002).
 APONO_TEMPLATE = """{

@@ -19,8 +19,8 @@ import trustme
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from forwarder.options import WebhookForwarderConfig
-from forwarder.transport import (
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
+from forwarder.destinations.webhook.transport import (
     PrivateNetworkError,
     PrivateNetworkGuard,
     build_connector,

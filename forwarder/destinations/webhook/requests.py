@@ -18,12 +18,12 @@ import gzip
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from forwarder.auth import request_target
 from forwarder.buffer.store import StoredEvent
-from forwarder.formats import build_encoder
-from forwarder.options import WebhookForwarderConfig
-from forwarder.sending import USER_AGENT, OutgoingRequest, proxy_for
-from forwarder.signing import Signer, message_id
+from forwarder.destinations.webhook.auth import request_target
+from forwarder.destinations.webhook.formats import build_encoder
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
+from forwarder.destinations.webhook.sending import USER_AGENT, OutgoingRequest, proxy_for
+from forwarder.destinations.webhook.signing import Signer, message_id
 
 GZIP_LEVEL = 5  # most of level 9's ratio on JSON at a fraction of the CPU
 

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
-from forwarder.options import WebhookForwarderConfig
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
 
 MASK = "***"
 # Query parameters masked in display URLs whatever auth.type says: a token pasted

@@ -58,8 +58,8 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from forwarder.destinations.webhook.options import TlsConfig, WebhookForwarderConfig
 from forwarder.errors import ForwarderError
-from forwarder.options import TlsConfig, WebhookForwarderConfig
 
 if TYPE_CHECKING:
     from aiohappyeyeballs import AddrInfoType

@@ -23,8 +23,8 @@ import aiohttp
 import orjson
 
 from forwarder import __version__
+from forwarder.destinations.webhook.options import ResponseValidator, RetryConfig
 from forwarder.errors import PermanentDeliveryError, RetryableDeliveryError
-from forwarder.options import ResponseValidator, RetryConfig
 
 USER_AGENT = f"audit-forwarder/{__version__.split('.')[0]}.0"
 RESPONSE_BODY_LIMIT = 4096

@@ -32,8 +32,8 @@ from typing import Any, Protocol, assert_never
 import orjson
 
 from forwarder.buffer.store import StoredEvent
-from forwarder.options import WebhookForwarderConfig
-from forwarder.templates import Template, compile_template
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
+from forwarder.destinations.webhook.templates import Template, compile_template
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
