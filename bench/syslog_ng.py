@@ -40,16 +40,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness import (
+from bench.processes import (
     BenchError,
     CpuWindow,
-    Sink,
     TreeSampler,
     free_port,
     stop_process,
-    wait_for_events,
     wait_for_port,
 )
+from bench.sinks import Sink, wait_for_events
 
 CONFIG = """@version: {version}
 options {{
