@@ -37,14 +37,14 @@ from forwarder import __version__
 from forwarder.admin import AdminContext, add_admin_routes
 from forwarder.buffer.retention import Housekeeper
 from forwarder.buffer.store import EventBuffer
-from forwarder.config import Settings
+from forwarder.config.reload import Reloader
+from forwarder.config.settings import Settings
 from forwarder.delivery_process import DeliveryProcess
 from forwarder.errors import ForwarderError
 from forwarder.ingest import IngestContext, build_ingest_app
 from forwarder.logs import configure_logging, get_logger, redactor
 from forwarder.metrics import BufferGauges, Metrics, counter_total
 from forwarder.probes import ProbeState, build_probe_app
-from forwarder.reload import Reloader
 
 log = get_logger("daemon")
 

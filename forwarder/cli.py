@@ -30,7 +30,7 @@ from forwarder.client import (
     format_test,
     guess_content_type,
 )
-from forwarder.config import Settings, load_config
+from forwarder.config.settings import Settings, load_config
 from forwarder.errors import ConfigError, ForwarderError
 from forwarder.logs import configure_logging
 

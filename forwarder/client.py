@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from forwarder.config import Settings
+from forwarder.config.settings import Settings
 from forwarder.errors import ForwarderError
 
 TIMEOUT_SECONDS = 30.0

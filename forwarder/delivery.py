@@ -48,7 +48,7 @@ import aiohttp
 from forwarder.buffer import batches
 from forwarder.buffer.history import pack_event_ids
 from forwarder.buffer.store import AppendListener, AppendSummary, StoredEvent
-from forwarder.config import WebhookForwarderConfig
+from forwarder.config.settings import WebhookForwarderConfig
 from forwarder.destinations.webhook.requests import BuiltRequest, RequestBuilder
 from forwarder.destinations.webhook.sending import (
     RESPONSE_BODY_LIMIT,

@@ -30,7 +30,7 @@ from prometheus_client import generate_latest
 
 from forwarder.buffer.ipc import Channel
 from forwarder.buffer.remote import RemoteBuffer
-from forwarder.config import Settings, load_config
+from forwarder.config.settings import Settings, load_config
 from forwarder.errors import ConfigError
 from forwarder.forwarders import LocalForwarders
 from forwarder.logs import configure_logging, get_logger, redactor

@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from forwarder.buffer.store import EventBuffer, EventRecord
-from forwarder.config import IngestConfig
+from forwarder.config.settings import IngestConfig
 from forwarder.errors import BufferUnavailableError, IngestError
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from forwarder.admin import AdminContext, _is_local, add_admin_routes
 from forwarder.buffer.store import EventBuffer
-from forwarder.config import IngestConfig, WebhookForwarderConfig
+from forwarder.config.settings import IngestConfig, WebhookForwarderConfig
 from forwarder.delivery import INSERT_DEAD_LETTER, DeliveryWorker
 from forwarder.destinations.webhook.requests import RequestBuilder
 from forwarder.forwarders import LocalForwarders, describe_request

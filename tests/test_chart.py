@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel
 
 from forwarder import __version__
-from forwarder.config import BufferConfig, IngestConfig, LoggingConfig, Settings
+from forwarder.config.settings import BufferConfig, IngestConfig, LoggingConfig, Settings
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.config import ENV_PREFIX, MAX_DEPTH, MAX_VALUES, Settings, load_config
+from forwarder.config.settings import ENV_PREFIX, MAX_DEPTH, MAX_VALUES, Settings, load_config
 from forwarder.errors import ConfigError, ConfigProblem
 
 REPO = Path(__file__).resolve().parent.parent

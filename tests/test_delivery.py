@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from forwarder.buffer.store import EventBuffer, EventRecord
-from forwarder.config import RetryConfig, WebhookForwarderConfig
+from forwarder.config.settings import RetryConfig, WebhookForwarderConfig
 from forwarder.delivery import DeliveryWorker
 from forwarder.destinations.webhook.sending import (
     USER_AGENT,

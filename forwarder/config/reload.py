@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from forwarder.config import Settings, load_config
+from forwarder.config.settings import Settings, load_config
 from forwarder.errors import ConfigError
 from forwarder.logs import get_logger
 
