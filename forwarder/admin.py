@@ -29,7 +29,7 @@ from forwarder.buffer.history import unpack_event_ids
 from forwarder.buffer.store import EventBuffer
 from forwarder.errors import IngestError
 from forwarder.forwarders import Forwarders, UnknownForwarderError, iso
-from forwarder.ingest import check_token
+from forwarder.ingest.api import check_token
 from forwarder.logs import get_logger
 
 log = get_logger("admin")

@@ -41,7 +41,7 @@ from forwarder.config.reload import Reloader
 from forwarder.config.settings import Settings
 from forwarder.delivery_process import DeliveryProcess
 from forwarder.errors import ForwarderError
-from forwarder.ingest import IngestContext, build_ingest_app
+from forwarder.ingest.api import IngestContext, build_ingest_app
 from forwarder.logs import configure_logging, get_logger, redactor
 from forwarder.metrics import BufferGauges, Metrics, counter_total
 from forwarder.probes import ProbeState, build_probe_app

@@ -29,7 +29,7 @@ from forwarder.delivery import DeliveryBuffer, DeliveryWorker
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.sending import OutgoingRequest, send_request
 from forwarder.errors import DeliveryError
-from forwarder.ids import IdGenerator
+from forwarder.ingest.ids import IdGenerator
 from forwarder.metrics import Metrics
 
 SECRET_HEADERS = frozenset({"authorization", "dd-api-key", "x-api-key", "x-splunk-token"})

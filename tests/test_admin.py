@@ -17,7 +17,7 @@ from forwarder.config.settings import IngestConfig, WebhookForwarderConfig
 from forwarder.delivery import INSERT_DEAD_LETTER, DeliveryWorker
 from forwarder.destinations.webhook.requests import RequestBuilder
 from forwarder.forwarders import LocalForwarders, describe_request
-from forwarder.ingest import IngestContext, build_ingest_app
+from forwarder.ingest.api import IngestContext, build_ingest_app
 from forwarder.metrics import Metrics
 from tests.support import stored_events
 

@@ -29,7 +29,7 @@ from forwarder.destinations.webhook.sending import (
     send_request,
 )
 from forwarder.errors import RetryableDeliveryError
-from forwarder.ids import IdGenerator
+from forwarder.ingest.ids import IdGenerator
 from forwarder.metrics import Metrics
 from tests.conftest import ReceiverFactory
 from tests.support import Reply, ScriptedReceiver, wait_for

@@ -30,7 +30,7 @@ from pytest_aiohttp import AiohttpClient
 
 from forwarder.buffer.store import EventBuffer
 from forwarder.config.settings import IngestConfig
-from forwarder.ingest import IngestContext, build_ingest_app
+from forwarder.ingest.api import IngestContext, build_ingest_app
 from forwarder.metrics import Metrics
 from tests.support import stored_events
 
