@@ -27,8 +27,8 @@ from aiohttp import web
 from forwarder.buffer import dead_letters
 from forwarder.buffer.history import unpack_event_ids
 from forwarder.buffer.store import EventBuffer
+from forwarder.delivery.forwarders import Forwarders, UnknownForwarderError, iso
 from forwarder.errors import IngestError
-from forwarder.forwarders import Forwarders, UnknownForwarderError, iso
 from forwarder.ingest.api import check_token
 from forwarder.logs import get_logger
 

@@ -39,7 +39,7 @@ from forwarder.buffer.retention import Housekeeper
 from forwarder.buffer.store import EventBuffer
 from forwarder.config.reload import Reloader
 from forwarder.config.settings import Settings
-from forwarder.delivery_process import DeliveryProcess
+from forwarder.delivery.process import DeliveryProcess
 from forwarder.errors import ForwarderError
 from forwarder.ingest.api import IngestContext, build_ingest_app
 from forwarder.logs import configure_logging, get_logger, redactor

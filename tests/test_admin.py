@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry
 from forwarder.admin import AdminContext, _is_local, add_admin_routes
 from forwarder.buffer.store import EventBuffer
 from forwarder.config.settings import IngestConfig, WebhookForwarderConfig
-from forwarder.delivery import INSERT_DEAD_LETTER, DeliveryWorker
+from forwarder.delivery.forwarders import LocalForwarders, describe_request
+from forwarder.delivery.worker import INSERT_DEAD_LETTER, DeliveryWorker
 from forwarder.destinations.webhook.requests import RequestBuilder
-from forwarder.forwarders import LocalForwarders, describe_request
 from forwarder.ingest.api import IngestContext, build_ingest_app
 from forwarder.metrics import Metrics
 from tests.support import stored_events

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from forwarder.buffer.store import EventBuffer, EventRecord
 from forwarder.config.settings import RetryConfig, WebhookForwarderConfig
-from forwarder.delivery import DeliveryWorker
+from forwarder.delivery.worker import DeliveryWorker
 from forwarder.destinations.webhook.sending import (
     USER_AGENT,
     Backoff,

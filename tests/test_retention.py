@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from forwarder.buffer.retention import Housekeeper
 from forwarder.buffer.store import EventBuffer, EventRecord
-from forwarder.delivery import INSERT_ATTEMPT, INSERT_DEAD_LETTER
+from forwarder.delivery.worker import INSERT_ATTEMPT, INSERT_DEAD_LETTER
 from tests.support import wait_for
 
 DAY = 86_400.0

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import orjson
 
 from forwarder.buffer.store import StoredEvent
-from forwarder.delivery import DeliveryBuffer, DeliveryWorker
+from forwarder.delivery.worker import DeliveryBuffer, DeliveryWorker
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.sending import OutgoingRequest, send_request
 from forwarder.errors import DeliveryError

@@ -49,6 +49,7 @@ from forwarder.buffer import batches
 from forwarder.buffer.history import pack_event_ids
 from forwarder.buffer.store import AppendListener, AppendSummary, StoredEvent
 from forwarder.config.settings import WebhookForwarderConfig
+from forwarder.delivery.filters import EventFilter
 from forwarder.destinations.webhook.requests import BuiltRequest, RequestBuilder
 from forwarder.destinations.webhook.sending import (
     RESPONSE_BODY_LIMIT,
@@ -63,7 +64,6 @@ from forwarder.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from forwarder.filters import EventFilter
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics
 

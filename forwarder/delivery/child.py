@@ -1,4 +1,4 @@
-"""The delivery process: ``python -m forwarder.delivery_child --config F --fd N``.
+"""The delivery process: ``python -m forwarder.delivery.child --config F --fd N``.
 
 Started by the daemon (never by hand) with one end of a socketpair. It runs
 every delivery worker on its own event loop, so HTTP delivery uses the
@@ -31,8 +31,8 @@ from prometheus_client import generate_latest
 from forwarder.buffer.ipc import Channel
 from forwarder.buffer.remote import RemoteBuffer
 from forwarder.config.settings import Settings, load_config
+from forwarder.delivery.forwarders import LocalForwarders
 from forwarder.errors import ConfigError
-from forwarder.forwarders import LocalForwarders
 from forwarder.logs import configure_logging, get_logger, redactor
 from forwarder.metrics import ForwarderGauges, Metrics, counter_total
 

@@ -29,7 +29,7 @@ from typing import Any
 from forwarder.buffer.ipc import Channel, RemoteError
 from forwarder.buffer.remote import unpack_statements
 from forwarder.buffer.store import AppendSummary, EventBuffer
-from forwarder.forwarders import UnknownForwarderError
+from forwarder.delivery.forwarders import UnknownForwarderError
 from forwarder.logs import get_logger
 
 log = get_logger("daemon")
@@ -72,7 +72,7 @@ class DeliveryProcess:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "forwarder.delivery_child",
+                "forwarder.delivery.child",
                 "--config",
                 str(self._config_path),
                 "--fd",
