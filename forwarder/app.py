@@ -34,7 +34,6 @@ from typing import Any
 from aiohttp import web
 
 from forwarder import __version__
-from forwarder.admin import AdminContext, add_admin_routes
 from forwarder.buffer.retention import Housekeeper
 from forwarder.buffer.store import EventBuffer
 from forwarder.config.reload import Reloader
@@ -44,7 +43,8 @@ from forwarder.errors import ForwarderError
 from forwarder.ingest.api import IngestContext, build_ingest_app
 from forwarder.logs import configure_logging, get_logger, redactor
 from forwarder.metrics import BufferGauges, Metrics, counter_total
-from forwarder.probes import ProbeState, build_probe_app
+from forwarder.ops.admin import AdminContext, add_admin_routes
+from forwarder.ops.probes import ProbeState, build_probe_app
 
 log = get_logger("daemon")
 

@@ -22,7 +22,10 @@ from typing import Any
 from urllib.parse import quote
 
 from forwarder import __version__
-from forwarder.client import (
+from forwarder.config.settings import Settings, load_config
+from forwarder.errors import ConfigError, ForwarderError
+from forwarder.logs import configure_logging
+from forwarder.ops.client import (
     AdminClient,
     format_dead_letters,
     format_deliveries,
@@ -30,9 +33,6 @@ from forwarder.client import (
     format_test,
     guess_content_type,
 )
-from forwarder.config.settings import Settings, load_config
-from forwarder.errors import ConfigError, ForwarderError
-from forwarder.logs import configure_logging
 
 DEFAULT_CONFIG = "config.yaml"
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -157,7 +157,7 @@ def _check(path: str) -> int:
 
 
 def _receiver(host: str, port: int, status: int) -> int:
-    from forwarder.receiver import run_receiver
+    from forwarder.ops.receiver import run_receiver
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_receiver(host, port, status))

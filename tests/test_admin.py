@@ -11,7 +11,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 from prometheus_client import CollectorRegistry
 
-from forwarder.admin import AdminContext, _is_local, add_admin_routes
 from forwarder.buffer.store import EventBuffer
 from forwarder.config.settings import IngestConfig, WebhookForwarderConfig
 from forwarder.delivery.forwarders import LocalForwarders, describe_request
@@ -19,6 +18,7 @@ from forwarder.delivery.worker import INSERT_DEAD_LETTER, DeliveryWorker
 from forwarder.destinations.webhook.requests import RequestBuilder
 from forwarder.ingest.api import IngestContext, build_ingest_app
 from forwarder.metrics import Metrics
+from forwarder.ops.admin import AdminContext, _is_local, add_admin_routes
 from tests.support import stored_events
 
 Client = TestClient[web.Request, web.Application]
