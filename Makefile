@@ -32,15 +32,16 @@ test: lint test-tools
 test-tools:
 	./scripts/install-test-tools.sh
 
-## lint: ruff check, ruff format --check, mypy --strict
+## lint: ruff check, ruff format --check, mypy --strict, the import contracts
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check forwarder tests bench
-	$(BIN)/ruff format --check forwarder tests bench
+	$(BIN)/python scripts/check_imports.py
+	$(BIN)/ruff check forwarder tests bench scripts
+	$(BIN)/ruff format --check forwarder tests bench scripts
 	$(BIN)/mypy --strict forwarder
 
 format: $(DEV_STAMP)
-	$(BIN)/ruff format forwarder tests bench
-	$(BIN)/ruff check --fix forwarder tests bench
+	$(BIN)/ruff format forwarder tests bench scripts
+	$(BIN)/ruff check --fix forwarder tests bench scripts
 
 ## bench: every benchmark scenario next to syslog-ng (see README, Performance);
 ## BENCH_ARGS="--quick" or "--only 1,2" or "--events N" to scale it down

@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +24,7 @@ from urllib.parse import quote
 from forwarder import __version__
 from forwarder.config.settings import Settings, load_config
 from forwarder.errors import ConfigError, ForwarderError
+from forwarder.event_loop import event_loop_runner
 from forwarder.logs import configure_logging
 from forwarder.ops.client import (
     AdminClient,
@@ -136,15 +137,6 @@ def _run(path: str) -> int:
     except ForwarderError as exc:
         print(f"audit-forwarder: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-
-
-def event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
-    """``uvloop.run`` where uvloop is installed (it is a dependency on Linux), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    return uvloop.run
 
 
 def _check(path: str) -> int:

@@ -11,8 +11,9 @@ up without a restart.
 A new configuration is validated completely before anything changes; an
 invalid one is logged with every problem and counted, and the running
 configuration stays in force. What can change live (forwarders, tokens,
-options, logging, limits, retention) is applied by :meth:`Daemon.apply`;
-what needs a restart (listeners, the buffer's path and sync mode) is
+options, logging, limits, retention) is applied by the target's ``apply``
+(the daemon; typed as :class:`ReloadTarget` so that config does not import
+the stages above it); what needs a restart (listeners, the buffer's path and sync mode) is
 reported in the log and left as it was.
 """
 
@@ -23,14 +24,12 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from forwarder.config.settings import Settings, load_config
 from forwarder.errors import ConfigError
 from forwarder.logs import get_logger
-
-if TYPE_CHECKING:
-    from forwarder.app import Daemon
+from forwarder.metrics import Metrics
 
 log = get_logger("reload")
 
@@ -68,12 +67,24 @@ def signature(files: list[Path]) -> FileSignature:
     return tuple(parts)
 
 
+class ReloadTarget(Protocol):
+    """What a reload needs of the daemon: its settings, its metrics, and applying new ones."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    async def apply(self, new: Settings) -> None: ...
+
+
 class Reloader:
     """Owns the watch task; ``request()`` (SIGHUP) reloads at once."""
 
     def __init__(
         self,
-        daemon: Daemon,
+        daemon: ReloadTarget,
         path: Path,
         *,
         interval: float = 2.0,

@@ -33,6 +33,7 @@ from forwarder.buffer.remote import RemoteBuffer
 from forwarder.config.settings import Settings, load_config
 from forwarder.delivery.forwarders import LocalForwarders
 from forwarder.errors import ConfigError
+from forwarder.event_loop import event_loop_runner
 from forwarder.logs import configure_logging, get_logger, redactor
 from forwarder.metrics import ForwarderGauges, Metrics, counter_total
 
@@ -157,8 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.logging.level, settings.logging.format)
     structlog.contextvars.bind_contextvars(process="delivery")
     redactor.update(settings.secrets())
-    from forwarder.cli import event_loop_runner
-
     return event_loop_runner()(run(settings, Path(args.config), args.fd))
 
 
