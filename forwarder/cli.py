@@ -22,7 +22,8 @@ from typing import Any
 from urllib.parse import quote
 
 from forwarder import __version__
-from forwarder.config.settings import Settings, load_config
+from forwarder.config.loading import load_config
+from forwarder.config.settings import Settings
 from forwarder.errors import ConfigError, ForwarderError
 from forwarder.event_loop import event_loop_runner
 from forwarder.logs import configure_logging

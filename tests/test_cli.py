@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from forwarder import __version__
-from forwarder.config.settings import ENV_PREFIX, MAX_VALUES
+from forwarder.config.loading import MAX_VALUES
+from forwarder.config.settings import ENV_PREFIX
 
 CLI = str(Path(sys.executable).with_name("audit-forwarder"))
 SECRET = "THE-SECRET-TOKEN"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.config.settings import ENV_PREFIX, MAX_DEPTH, MAX_VALUES, Settings, load_config
+from forwarder.config.loading import MAX_DEPTH, MAX_VALUES, load_config
+from forwarder.config.settings import ENV_PREFIX, Settings
 from forwarder.errors import ConfigError, ConfigProblem
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,11 +19,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from forwarder.buffer.store import EventBuffer, EventRecord
-from forwarder.config.settings import RetryConfig, WebhookForwarderConfig
+from forwarder.delivery.backoff import Backoff
 from forwarder.delivery.worker import DeliveryWorker
+from forwarder.destinations.options import RetryConfig
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.sending import (
     USER_AGENT,
-    Backoff,
     OutgoingRequest,
     parse_retry_after,
     send_request,

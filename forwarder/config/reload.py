@@ -26,7 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from forwarder.config.settings import Settings, load_config
+from forwarder.config.loading import load_config
+from forwarder.config.settings import Settings
 from forwarder.errors import ConfigError
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics

@@ -30,7 +30,8 @@ from prometheus_client import generate_latest
 
 from forwarder.buffer.ipc import Channel
 from forwarder.buffer.remote import RemoteBuffer
-from forwarder.config.settings import Settings, load_config
+from forwarder.config.loading import load_config
+from forwarder.config.settings import Settings
 from forwarder.delivery.forwarders import LocalForwarders
 from forwarder.errors import ConfigError
 from forwarder.event_loop import event_loop_runner

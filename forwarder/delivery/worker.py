@@ -48,15 +48,11 @@ import aiohttp
 from forwarder.buffer import batches
 from forwarder.buffer.history import pack_event_ids
 from forwarder.buffer.store import AppendListener, AppendSummary, StoredEvent
-from forwarder.config.settings import WebhookForwarderConfig
+from forwarder.delivery.backoff import Backoff
 from forwarder.delivery.filters import EventFilter
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.requests import BuiltRequest, RequestBuilder
-from forwarder.destinations.webhook.sending import (
-    RESPONSE_BODY_LIMIT,
-    Backoff,
-    Response,
-    send_request,
-)
+from forwarder.destinations.webhook.sending import RESPONSE_BODY_LIMIT, Response, send_request
 from forwarder.destinations.webhook.transport import build_connector
 from forwarder.errors import (
     BufferUnavailableError,

@@ -10,11 +10,10 @@ and the admin test button handle one error tree, not aiohttp's.
 from __future__ import annotations
 
 import email.utils
-import random
 import re
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +22,7 @@ import aiohttp
 import orjson
 
 from forwarder import __version__
-from forwarder.destinations.webhook.options import ResponseValidator, RetryConfig
+from forwarder.destinations.webhook.options import ResponseValidator
 from forwarder.errors import PermanentDeliveryError, RetryableDeliveryError
 
 USER_AGENT = f"audit-forwarder/{__version__.split('.')[0]}.0"
@@ -175,25 +174,3 @@ async def send_request(
             str(status), message, status=status, body=body, retry_after=retry_after
         )
     raise PermanentDeliveryError(str(status), message, status=status, body=body)
-
-
-class Backoff:
-    """Exponential backoff with full jitter: ``uniform(0, min(cap, initial * 2**n))``."""
-
-    def __init__(self, policy: RetryConfig, rng: Callable[[], float] = random.random) -> None:
-        self._policy = policy
-        self._rng = rng
-
-    def delay(self, failures: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after the ``failures``-th failed attempt of a request (1-based).
-
-        A ``Retry-After`` is a lower bound: the wait is the larger of it and the
-        jittered backoff, so ``Retry-After: 0`` cannot drive a tight loop; both
-        are capped at ``maxBackoffSeconds``.
-        """
-        cap = self._policy.max_backoff_seconds
-        ceiling = min(cap, self._policy.initial_backoff_seconds * 2.0 ** min(failures - 1, 60))
-        jittered = float(self._rng()) * ceiling
-        if retry_after is not None:
-            return min(max(retry_after, jittered), cap)
-        return jittered
