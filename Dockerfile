@@ -22,7 +22,7 @@ COPY forwarder ./forwarder
 RUN pip wheel . --no-deps --wheel-dir /wheels
 
 FROM ${PYTHON_IMAGE}
-# Keep VERSION equal to the package version (tests/test_dockerfile.py checks it).
+# Keep VERSION equal to the package version (tests/deploy/test_dockerfile.py checks it).
 ARG VERSION=1.0.0
 # Pass the repository URL at build time: --build-arg SOURCE_URL=https://...
 ARG SOURCE_URL=""

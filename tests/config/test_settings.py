@@ -17,7 +17,7 @@ from forwarder.config.loading import MAX_DEPTH, MAX_VALUES, load_config
 from forwarder.config.settings import ENV_PREFIX, Settings
 from forwarder.errors import ConfigError, ConfigProblem
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "THE-SECRET-TOKEN"
 CHAINLOOP_EXAMPLE = f"""\
 auditLogForwarders:

@@ -34,7 +34,7 @@ from forwarder import __version__
 from forwarder.config.settings import BufferConfig, IngestConfig, LoggingConfig, Settings
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "audit-forwarder"
 EXAMPLE = ROOT / "charts" / "examples" / "sidecar-app"
 CLI = str(Path(sys.executable).with_name("audit-forwarder"))

@@ -31,7 +31,7 @@ import yaml
 
 from forwarder import __version__
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 HADOLINT = str(Path(sys.executable).with_name("hadolint"))
 OCI_LABELS = {
