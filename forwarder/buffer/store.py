@@ -53,11 +53,11 @@ from forwarder.buffer.commits import (
     AppendSummary,
     Group,
     Op,
-    Part,
     Register,
     Statements,
 )
 from forwarder.buffer.schema import migrate
+from forwarder.buffer.writes import write_group
 from forwarder.errors import BufferUnavailableError
 from forwarder.logs import get_logger
 
@@ -73,7 +73,6 @@ __all__ = [
 log = get_logger("buffer")
 
 MAX_GROUP_OPS = 4096
-_IN_CHUNK = 500
 
 
 class EventBuffer:
@@ -342,7 +341,9 @@ class EventBuffer:
         try:
             await conn.execute("BEGIN IMMEDIATE")
             try:
-                await self._write_group(conn, group)
+                now = self._clock()
+                await write_group(conn, group, self._cursors, self._next_seq, now)
+                await self._maintain(conn, group, now)
                 await conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -356,96 +357,6 @@ class EventBuffer:
             raise
         self._apply_group(group)
         await self._cleanup.vacuum(conn, group.cleanup)
-
-    async def _write_group(self, conn: aiosqlite.Connection, group: Group) -> None:
-        now = self._clock()
-        for op in group.ops:
-            if isinstance(op, Register):
-                await self._write_registration(conn, op, group, now)
-        appends = [op for op in group.ops if isinstance(op, Append)]
-        if appends:
-            await self._write_appends(conn, appends, group, now)
-        for op in group.ops:
-            if isinstance(op, Append):
-                for sql, rows in op.statements:
-                    await conn.executemany(sql, rows)
-            if isinstance(op, Statements):
-                for sql, rows in op.statements:
-                    await conn.executemany(sql, rows)
-                for name, seq in op.acks.items():
-                    group.acks[name] = max(seq, group.acks.get(name, seq))
-        if group.acks:
-            await conn.executemany(
-                "UPDATE forwarders SET cursor = ? WHERE name = ? AND cursor < ?",
-                [(seq, name, seq) for name, seq in group.acks.items()],
-            )
-        await self._maintain(conn, group, now)
-
-    async def _write_registration(
-        self, conn: aiosqlite.Connection, op: Register, group: Group, now: float
-    ) -> None:
-        wanted = set(op.names)
-        known = (set(self._cursors) | set(group.registered)) - group.removed
-        for name in known - wanted:
-            group.registered.pop(name, None)
-            group.removed.add(name)
-        for name in sorted(wanted - known):
-            group.removed.discard(name)
-            group.registered[name] = self._next_seq
-        if group.removed:
-            await conn.executemany(
-                "DELETE FROM forwarders WHERE name = ?", [(n,) for n in group.removed]
-            )
-        await conn.executemany(
-            "INSERT OR REPLACE INTO forwarders (name, cursor, created_at) VALUES (?, ?, ?)",
-            [(name, seq, now) for name, seq in group.registered.items()],
-        )
-
-    async def _write_appends(
-        self, conn: aiosqlite.Connection, appends: list[Append], group: Group, now: float
-    ) -> None:
-        known = await self._known_client_ids(conn, appends)
-        client_rows: list[tuple[str, float]] = []
-        kept: list[EventRecord] = []
-        for op in appends:
-            stored = 0
-            for record in op.records:
-                if record.client_supplied_id and record.event_id is not None:
-                    if record.event_id in known:
-                        continue
-                    known.add(record.event_id)
-                    client_rows.append((record.event_id, now))
-                kept.append(record)
-                stored += 1
-            group.results.append(AppendResult(len(op.records), len(op.records) - stored))
-        seq = self._next_seq
-        rows = []
-        for part in batches.split(kept):
-            group.parts.append(Part(seq + 1, part))
-            rows.append(batches.batch_row(seq + 1, part, now))
-            seq += len(part)
-        group.received_at = now
-        if rows:
-            await conn.executemany(batches.INSERT, rows)
-            await conn.execute("UPDATE meta SET value = ? WHERE key = 'high_water_seq'", (seq,))
-        if client_rows:
-            await conn.executemany(
-                "INSERT INTO client_ids (event_id, received_at) VALUES (?, ?)", client_rows
-            )
-
-    async def _known_client_ids(
-        self, conn: aiosqlite.Connection, appends: list[Append]
-    ) -> set[str]:
-        wanted = list({r.event_id for op in appends for r in op.records if r.client_supplied_id})
-        known: set[str] = set()
-        for start in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows = await conn.execute_fetchall(
-                f"SELECT event_id FROM client_ids WHERE event_id IN ({marks})", chunk
-            )
-            known.update(str(row[0]) for row in rows)
-        return known
 
     async def _maintain(self, conn: aiosqlite.Connection, group: Group, now: float) -> None:
         """Delete delivered batches and expired dedup ids; plan the next vacuum step."""
