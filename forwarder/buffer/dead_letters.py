@@ -16,6 +16,11 @@ from typing import Any
 
 from forwarder.buffer.store import EventBuffer, EventRecord
 
+INSERT_DEAD_LETTER = (
+    "INSERT INTO dead_letters (forwarder, seq, event_id, event_type, received_at,"
+    " dead_at, status, code, reason, response_body, body)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 REPLAY_CHUNK = 1000
 MAX_LIST_LIMIT = 1000
 

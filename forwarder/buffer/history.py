@@ -17,6 +17,12 @@ from collections.abc import Sequence
 
 import orjson
 
+INSERT_ATTEMPT = (
+    "INSERT INTO delivery_attempts (forwarder, attempted_at, attempt, events, event_ids,"
+    " outcome, code, status, duration_ms, error, response_body)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
 
 def pack_event_ids(event_ids: Sequence[str]) -> bytes:
     """The stored form of an attempt's event ids."""

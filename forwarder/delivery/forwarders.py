@@ -25,7 +25,8 @@ from typing import Any, Protocol
 import orjson
 
 from forwarder.buffer.store import StoredEvent
-from forwarder.delivery.worker import DeliveryBuffer, DeliveryWorker
+from forwarder.delivery.ports import DeliveryBuffer
+from forwarder.delivery.worker import DeliveryWorker
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.sending import OutgoingRequest, send_request
 from forwarder.errors import DeliveryError

@@ -38,24 +38,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections import deque
+from collections.abc import Callable
 
 import aiohttp
 
 from forwarder.buffer import batches
-from forwarder.buffer.history import pack_event_ids
-from forwarder.buffer.store import AppendListener, AppendSummary, StoredEvent
+from forwarder.buffer.store import AppendSummary, StoredEvent
 from forwarder.delivery.backoff import Backoff
 from forwarder.delivery.filters import EventFilter
+from forwarder.delivery.outcomes import ForwarderStatus, Outcomes
+from forwarder.delivery.ports import DeliveryBuffer
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.requests import BuiltRequest, RequestBuilder
-from forwarder.destinations.webhook.sending import RESPONSE_BODY_LIMIT, Response, send_request
+from forwarder.destinations.webhook.sending import send_request
 from forwarder.destinations.webhook.transport import build_connector
 from forwarder.errors import (
-    BufferUnavailableError,
     DeliveryError,
     PermanentDeliveryError,
     RetryableDeliveryError,
@@ -66,87 +64,6 @@ from forwarder.metrics import Metrics
 log = get_logger("delivery")
 
 READ_AHEAD = 1024
-INSERT_DEAD_LETTER = (
-    "INSERT INTO dead_letters (forwarder, seq, event_id, event_type, received_at,"
-    " dead_at, status, code, reason, response_body, body)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-INSERT_ATTEMPT = (
-    "INSERT INTO delivery_attempts (forwarder, attempted_at, attempt, events, event_ids,"
-    " outcome, code, status, duration_ms, error, response_body)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-class DeliveryBuffer(Protocol):
-    """The buffer as a delivery worker uses it.
-
-    ``EventBuffer`` is one (in the daemon process); the delivery process's
-    ``RemoteBuffer`` is the other: it reads the same SQLite file and sends its
-    writes to the daemon's single writer.
-    """
-
-    @property
-    def head_seq(self) -> int:
-        """The highest committed seq."""
-        ...
-
-    def cursor(self, forwarder: str) -> int:
-        """The committed cursor of ``forwarder``."""
-        ...
-
-    def add_listener(self, listener: AppendListener) -> None:
-        """Call ``listener(summary)`` after every commit that appended events."""
-        ...
-
-    def remove_listener(self, listener: AppendListener) -> None:
-        """Stop calling ``listener``."""
-        ...
-
-    async def wait_beyond(self, seq: int) -> None:
-        """Return once an event with a seq above ``seq`` has been committed."""
-        ...
-
-    async def read_after(self, forwarder: str, after_seq: int, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` events for ``forwarder`` after ``after_seq``, in order.
-
-        May return fewer while more exist (one read per call); empty means none.
-        """
-        ...
-
-    async def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """A read-only query."""
-        ...
-
-    def ack(self, forwarder: str, seq: int) -> None:
-        """Advance the cursor with the next group commit (not awaited)."""
-        ...
-
-    def submit(self, statements: list[tuple[str, Sequence[Sequence[Any]]]]) -> None:
-        """Statements for the next group commit (not awaited)."""
-        ...
-
-    async def execute(
-        self,
-        statements: list[tuple[str, Sequence[Sequence[Any]]]],
-        acks: dict[str, int] | None = None,
-    ) -> None:
-        """Statements and acks in the next group commit, awaited."""
-        ...
-
-
-@dataclass
-class ForwarderStatus:
-    """The live state of one forwarder, as metrics and the admin API show it."""
-
-    name: str
-    pending: int = 0
-    oldest_pending_at: float | None = None
-    last_attempt_at: float | None = None
-    last_status: str | None = None
-    last_success_at: float | None = None
-    consecutive_failures: int = 0
-    dead_lettered: int = 0
 
 
 class DeliveryWorker:
@@ -164,6 +81,7 @@ class DeliveryWorker:
         self.spec = spec
         self.name = str(spec.name)
         self.status = ForwarderStatus(self.name)
+        self._outcomes = Outcomes(self.name, self.status, buffer, metrics, clock)
         self.filter = EventFilter(spec.events, spec.exclude_events)
         self.requests = RequestBuilder(spec)
         self._buffer = buffer
@@ -408,8 +326,8 @@ class DeliveryWorker:
                     retry.max_age_seconds is not None and age >= retry.max_age_seconds
                 )
                 outcome = "dead_letter" if exhausted else "retry"
-                self._record_failure(exc, attempt, outcome)
-                self._record_attempt(batch, attempt, outcome, exc, started)
+                self._outcomes.failure(exc, attempt, outcome)
+                self._outcomes.attempt(batch, attempt, outcome, exc, started)
                 if exhausted:
                     reason = f"gave up after {attempt} attempt(s): {exc.message}"
                     return "dead_lettered" if await self._dead_letter(batch, exc, reason) else None
@@ -419,16 +337,16 @@ class DeliveryWorker:
                 continue
             except PermanentDeliveryError as exc:
                 if exc.status == 413 and len(batch) > 1:
-                    self._record_failure(exc, attempt, "retry")
-                    self._record_attempt(batch, attempt, "retry", exc, started)
+                    self._outcomes.failure(exc, attempt, "retry")
+                    self._outcomes.attempt(batch, attempt, "retry", exc, started)
                     log.info("batch_split", forwarder=self.name, events=len(batch))
                     return "split"
-                self._record_failure(exc, attempt, "dead_letter")
-                self._record_attempt(batch, attempt, "dead_letter", exc, started)
+                self._outcomes.failure(exc, attempt, "dead_letter")
+                self._outcomes.attempt(batch, attempt, "dead_letter", exc, started)
                 ok = await self._dead_letter(batch, exc, exc.message)
                 return "dead_lettered" if ok else None
-            self._record_success(batch, response)
-            self._record_attempt(batch, attempt, "success", response, started)
+            self._outcomes.success(batch, response)
+            self._outcomes.attempt(batch, attempt, "success", response, started)
             return "delivered"
 
     async def _wait_or_stop(self, delay: float) -> bool:
@@ -438,121 +356,11 @@ class DeliveryWorker:
             return False
         return True
 
-    # -- outcomes ----------------------------------------------------------------
-
-    def _record_attempt(
-        self,
-        batch: list[StoredEvent],
-        attempt: int,
-        outcome: str,
-        result: Response | DeliveryError,
-        started: float,
-    ) -> None:
-        """Add the attempt to the history (committed with the next group) and the histogram."""
-        elapsed = time.monotonic() - started
-        status: int | None
-        error: str | None
-        if isinstance(result, Response):
-            code, status, error, body = str(result.status), result.status, None, result.body
-        else:
-            code, status, error, body = result.code, result.status, result.message, result.body
-        row = (
-            self.name,
-            self.status.last_attempt_at,
-            attempt,
-            len(batch),
-            pack_event_ids([e.event_id for e in batch]),
-            outcome,
-            code,
-            status,
-            round(elapsed * 1000, 3),
-            error,
-            body[:RESPONSE_BODY_LIMIT],
-        )
-        self._buffer.submit([(INSERT_ATTEMPT, [row])])
-        self._metrics.delivery_duration.labels(self.name).observe(elapsed)
-
-    def _record_success(self, batch: list[StoredEvent], response: Response) -> None:
-        now = self._clock()
-        m = self._metrics
-        m.delivery_attempts.labels(self.name, "success", str(response.status)).inc()
-        m.events_delivered.labels(self.name).inc(len(batch))
-        m.last_success.labels(self.name).set(now)
-        # Events committed together share their arrival time: one observation each
-        # (and most requests carry the events of a single commit).
-        if batch[0].received_at == batch[-1].received_at:
-            arrivals = {batch[0].received_at: len(batch)}
-        else:
-            arrivals = Counter(e.received_at for e in batch)
-        for received_at, count in arrivals.items():
-            m.ingest_to_delivery.observe(self.name, max(0.0, now - received_at), count)
-        if self.status.consecutive_failures:
-            log.info(
-                "forwarder_recovered",
-                forwarder=self.name,
-                status=response.status,
-                failures=self.status.consecutive_failures,
-            )
-        self.status.consecutive_failures = 0
-        self.status.last_status = str(response.status)
-        self.status.last_success_at = now
-
-    def _record_failure(self, exc: DeliveryError, attempt: int, outcome: str) -> None:
-        self._metrics.delivery_attempts.labels(self.name, outcome, exc.code).inc()
-        self.status.last_status = exc.code
-        self.status.consecutive_failures += 1
-        fields: dict[str, Any] = {
-            "forwarder": self.name,
-            "status": exc.code,
-            "attempt": attempt,
-            "error": exc.message,
-        }
-        if self.status.consecutive_failures == 1:
-            log.warning("forwarder_failing", **fields)
-        else:
-            log.debug("delivery_retry", **fields)
-
     async def _dead_letter(self, batch: list[StoredEvent], exc: DeliveryError, reason: str) -> bool:
-        """Move ``batch`` to the dead-letter table; False if stopped before it was recorded."""
-        now = self._clock()
-        rows = [
-            (
-                self.name,
-                e.seq,
-                e.event_id,
-                e.event_type,
-                e.received_at,
-                now,
-                exc.status,
-                exc.code,
-                reason,
-                exc.body[:RESPONSE_BODY_LIMIT],
-                e.body,
-            )
-            for e in batch
-        ]
-        failures = 0
-        while True:
-            try:
-                await self._buffer.execute(
-                    [(INSERT_DEAD_LETTER, rows)], acks={self.name: batch[-1].seq}
-                )
-                break
-            except BufferUnavailableError as exc_buffer:
-                # The events must not leave the queue unrecorded: wait and try again.
-                failures += 1
-                log.error("dead_letter_write_failed", forwarder=self.name, error=exc_buffer.reason)
-                if await self._wait_or_stop(self._backoff.delay(failures)):
-                    return False
-        self._cursor = max(self._cursor, batch[-1].seq)
-        self._metrics.events_dead_lettered.labels(self.name).inc(len(batch))
-        self.status.dead_lettered += len(batch)
-        log.error(
-            "events_dead_lettered",
-            forwarder=self.name,
-            status=exc.code,
-            events=len(batch),
-            first_event_id=batch[0].event_id,
-            reason=reason,
+        """Dead-letter ``batch`` (retrying the write with backoff); False if stopped first."""
+        recorded = await self._outcomes.dead_letter(
+            batch, exc, reason, lambda failures: self._wait_or_stop(self._backoff.delay(failures))
         )
-        return True
+        if recorded:
+            self._cursor = max(self._cursor, batch[-1].seq)
+        return recorded

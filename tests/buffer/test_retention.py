@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from forwarder.buffer.dead_letters import INSERT_DEAD_LETTER
+from forwarder.buffer.history import INSERT_ATTEMPT
 from forwarder.buffer.retention import Housekeeper
 from forwarder.buffer.store import EventBuffer, EventRecord
-from forwarder.delivery.worker import INSERT_ATTEMPT, INSERT_DEAD_LETTER
 from tests.support import wait_for
 
 DAY = 86_400.0

@@ -11,10 +11,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 from prometheus_client import CollectorRegistry
 
+from forwarder.buffer.dead_letters import INSERT_DEAD_LETTER
 from forwarder.buffer.store import EventBuffer
 from forwarder.config.settings import IngestConfig
 from forwarder.delivery.forwarders import LocalForwarders, describe_request
-from forwarder.delivery.worker import INSERT_DEAD_LETTER, DeliveryWorker
+from forwarder.delivery.worker import DeliveryWorker
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.requests import RequestBuilder
 from forwarder.ingest.api import IngestContext, build_ingest_app

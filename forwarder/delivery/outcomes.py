@@ -1,0 +1,187 @@
+"""What each delivery attempt leaves behind: history, metrics, status, logs, dead letters.
+
+The worker decides (send again, split, give up); this module records the
+decision everywhere an operator looks, in one place, so the history row, the
+metric, the status the admin API shows and the log line can never disagree.
+History rows are queued with the next group commit and not awaited (losing
+one in a crash loses a record of an attempt, never an event); a dead letter
+is awaited, with the cursor ack in the same transaction, because the events
+must never leave the queue unrecorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from forwarder.buffer.batches import StoredEvent
+from forwarder.buffer.dead_letters import INSERT_DEAD_LETTER
+from forwarder.buffer.history import INSERT_ATTEMPT, pack_event_ids
+from forwarder.delivery.ports import DeliveryBuffer
+from forwarder.destinations.webhook.sending import RESPONSE_BODY_LIMIT, Response
+from forwarder.errors import BufferUnavailableError, DeliveryError
+from forwarder.logs import get_logger
+from forwarder.metrics import Metrics
+
+log = get_logger("delivery")
+
+
+@dataclass
+class ForwarderStatus:
+    """The live state of one forwarder, as metrics and the admin API show it."""
+
+    name: str
+    pending: int = 0
+    oldest_pending_at: float | None = None
+    last_attempt_at: float | None = None
+    last_status: str | None = None
+    last_success_at: float | None = None
+    consecutive_failures: int = 0
+    dead_lettered: int = 0
+
+
+class Outcomes:
+    """Records the attempts and outcomes of one forwarder."""
+
+    def __init__(
+        self,
+        name: str,
+        status: ForwarderStatus,
+        buffer: DeliveryBuffer,
+        metrics: Metrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self.name = name
+        self.status = status
+        self._buffer = buffer
+        self._metrics = metrics
+        self._clock = clock
+
+    def attempt(
+        self,
+        batch: list[StoredEvent],
+        attempt: int,
+        outcome: str,
+        result: Response | DeliveryError,
+        started: float,
+    ) -> None:
+        """Add the attempt to the history (committed with the next group) and the histogram."""
+        elapsed = time.monotonic() - started
+        status: int | None
+        error: str | None
+        if isinstance(result, Response):
+            code, status, error, body = str(result.status), result.status, None, result.body
+        else:
+            code, status, error, body = result.code, result.status, result.message, result.body
+        row = (
+            self.name,
+            self.status.last_attempt_at,
+            attempt,
+            len(batch),
+            pack_event_ids([e.event_id for e in batch]),
+            outcome,
+            code,
+            status,
+            round(elapsed * 1000, 3),
+            error,
+            body[:RESPONSE_BODY_LIMIT],
+        )
+        self._buffer.submit([(INSERT_ATTEMPT, [row])])
+        self._metrics.delivery_duration.labels(self.name).observe(elapsed)
+
+    def success(self, batch: list[StoredEvent], response: Response) -> None:
+        now = self._clock()
+        m = self._metrics
+        m.delivery_attempts.labels(self.name, "success", str(response.status)).inc()
+        m.events_delivered.labels(self.name).inc(len(batch))
+        m.last_success.labels(self.name).set(now)
+        # Events committed together share their arrival time: one observation each
+        # (and most requests carry the events of a single commit).
+        if batch[0].received_at == batch[-1].received_at:
+            arrivals = {batch[0].received_at: len(batch)}
+        else:
+            arrivals = Counter(e.received_at for e in batch)
+        for received_at, count in arrivals.items():
+            m.ingest_to_delivery.observe(self.name, max(0.0, now - received_at), count)
+        if self.status.consecutive_failures:
+            log.info(
+                "forwarder_recovered",
+                forwarder=self.name,
+                status=response.status,
+                failures=self.status.consecutive_failures,
+            )
+        self.status.consecutive_failures = 0
+        self.status.last_status = str(response.status)
+        self.status.last_success_at = now
+
+    def failure(self, exc: DeliveryError, attempt: int, outcome: str) -> None:
+        self._metrics.delivery_attempts.labels(self.name, outcome, exc.code).inc()
+        self.status.last_status = exc.code
+        self.status.consecutive_failures += 1
+        fields: dict[str, Any] = {
+            "forwarder": self.name,
+            "status": exc.code,
+            "attempt": attempt,
+            "error": exc.message,
+        }
+        if self.status.consecutive_failures == 1:
+            log.warning("forwarder_failing", **fields)
+        else:
+            log.debug("delivery_retry", **fields)
+
+    async def dead_letter(
+        self,
+        batch: list[StoredEvent],
+        exc: DeliveryError,
+        reason: str,
+        pause: Callable[[int], Awaitable[bool]],
+    ) -> bool:
+        """Move ``batch`` to the dead-letter table; False if stopped before it was recorded.
+
+        ``pause(failures)`` waits before another try of the write and returns
+        True when the worker is stopping instead.
+        """
+        now = self._clock()
+        rows = [
+            (
+                self.name,
+                e.seq,
+                e.event_id,
+                e.event_type,
+                e.received_at,
+                now,
+                exc.status,
+                exc.code,
+                reason,
+                exc.body[:RESPONSE_BODY_LIMIT],
+                e.body,
+            )
+            for e in batch
+        ]
+        failures = 0
+        while True:
+            try:
+                await self._buffer.execute(
+                    [(INSERT_DEAD_LETTER, rows)], acks={self.name: batch[-1].seq}
+                )
+                break
+            except BufferUnavailableError as exc_buffer:
+                # The events must not leave the queue unrecorded: wait and try again.
+                failures += 1
+                log.error("dead_letter_write_failed", forwarder=self.name, error=exc_buffer.reason)
+                if await pause(failures):
+                    return False
+        self._metrics.events_dead_lettered.labels(self.name).inc(len(batch))
+        self.status.dead_lettered += len(batch)
+        log.error(
+            "events_dead_lettered",
+            forwarder=self.name,
+            status=exc.code,
+            events=len(batch),
+            first_event_id=batch[0].event_id,
+            reason=reason,
+        )
+        return True
