@@ -2,7 +2,7 @@
 
 Two processes: this one (ingest listeners, the buffer and its single writer,
 probes, admin API, housekeeping, reload) and the delivery process it spawns
-(every delivery worker; see ``delivery_process.py`` for why).
+(every delivery worker; see ``delivery/process.py`` for why).
 
 Start order is probes listener → database → delivery process → ingest
 listeners, and ``/readyz`` turns 200 only after the last of them is bound.

@@ -1,7 +1,7 @@
 """The ``audit-forwarder`` command line: the daemon, config checks, and operator commands.
 
 ``status``, ``deliveries``, ``test`` and ``send`` talk to a running daemon
-through its admin API (see ``client.py``), found from the same configuration
+through its admin API (see ``ops/client.py``), found from the same configuration
 file; a daemon that does not answer is reported in one line, exit code 1.
 
 This is the only module that calls ``asyncio.run`` or exits the process.

@@ -3,8 +3,8 @@
 Every error carries the data a caller needs to act on it (a status code, a
 ``Retry-After`` delay, the list of configuration problems) instead of a message
 that has to be parsed. aiohttp's own exceptions are translated into these in
-exactly one place (``delivery.py``), so the rest of the code handles our errors
-only.
+exactly one place (``destinations/webhook/sending.py``), so the rest of the
+code handles our errors only.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 applies a new configuration (retire what was removed or changed, start what
 was added or changed), reports their status, sends the test button's event,
 and stops them. It runs inside the delivery process; the daemon talks to it
-through ``delivery_process.RemoteForwarders``, which has the same shape, so
+through ``delivery.process.DeliveryProcess``, which has the same shape, so
 the admin API does not care which process the workers live in.
 
 A reload is two-phase (``prepare`` then ``finish``) because the cursors live

@@ -1,1 +1,7 @@
-"""PLACEHOLDER."""
+"""Operations: what operators and Kubernetes talk to.
+
+The admin API (status, history, test button, dead letters) on the ingest
+listeners, the CLI's client for it, the probes and metrics listener, and a
+debug receiver for trying a configuration by hand. Sits on top of the other
+stages and changes none of them except through their own interfaces.
+"""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from forwarder.buffer import dead_letters
 from forwarder.buffer.history import unpack_event_ids
@@ -38,6 +38,12 @@ MAX_HISTORY_LIMIT = 1000
 DEFAULT_HISTORY_LIMIT = 20
 MAX_SELECTION_BYTES = 64 * 1024
 MAX_SELECTED_IDS = 500
+# Methods that change nothing: every other method must carry a JSON body type.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Sec-Fetch-Site values a browser sends for requests its user, not another site, made.
+OWN_FETCH_SITES = frozenset({"same-origin", "none"})
+# Longest Host/Origin value copied into a log line; they are attacker-chosen text.
+MAX_LOGGED_HEADER = 200
 
 
 @dataclass
@@ -69,10 +75,92 @@ def _is_local(request: web.Request, transport: str) -> bool:
         return False
 
 
+def is_loopback_host(authority: str) -> bool:
+    """Whether a ``Host`` value (``name[:port]``) names this machine's loopback interface.
+
+    ``localhost`` (any case), an IPv4 address in 127.0.0.0/8 or ``[::1]``,
+    each with or without a numeric port. Anything else — another name, a
+    name that merely starts with ``127.0.0.1``, an unbracketed IPv6 address,
+    a malformed port — is not.
+    """
+    if authority.startswith("["):
+        name, bracket, port = authority[1:].partition("]")
+        if not bracket:
+            return False
+    else:
+        name, colon, number = authority.partition(":")
+        port = colon + number
+    if port and not (port[0] == ":" and port[1:].isascii() and port[1:].isdigit()):
+        return False
+    if name.lower() == "localhost" and not authority.startswith("["):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    # A bracket holds an IPv6 address and only an IPv6 address, as in a URL.
+    return address.is_loopback and (address.version == 6) == authority.startswith("[")
+
+
+def _check_host(request: web.Request, transport: str) -> None:
+    hosts = request.headers.getall(hdrs.HOST, [])
+    if not hosts and transport == "unix":
+        return
+    if len(hosts) != 1 or not is_loopback_host(hosts[0]):
+        raise IngestError(
+            403,
+            "forbidden",
+            "the admin API answers only requests addressed to localhost, 127.0.0.1 or [::1]",
+        )
+
+
+def _check_not_from_a_web_page(request: web.Request) -> None:
+    origins = request.headers.getall(hdrs.ORIGIN, [])
+    host = request.headers.get(hdrs.HOST)
+    # The only origin allowed is the listener's own, as the client addressed it
+    # (Host is already known to be loopback); no page is served from there.
+    if origins and (
+        len(origins) != 1 or host is None or origins[0].lower() != f"http://{host}".lower()
+    ):
+        raise IngestError(403, "forbidden", "the admin API refuses requests from web pages")
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site.lower() not in OWN_FETCH_SITES:
+        raise IngestError(403, "forbidden", "the admin API refuses requests from web pages")
+
+
+def _check_json_body(request: web.Request) -> None:
+    # A missing Content-Type reads as application/octet-stream: refused too.
+    if request.method not in SAFE_METHODS and request.content_type != "application/json":
+        raise IngestError(
+            415, "unsupported_media_type", "admin calls that change state need application/json"
+        )
+
+
 def _authorise(request: web.Request, transport: str, context: AdminContext) -> None:
+    """Refuse the request unless it comes from this host, not from a web page.
+
+    The token is checked before the body type so that a caller without the
+    token learns only that it needs one.
+    """
     if not _is_local(request, transport):
         raise IngestError(403, "forbidden", "the admin API answers loopback and Unix socket only")
+    _check_host(request, transport)
+    _check_not_from_a_web_page(request)
     check_token(request, context.token())
+    _check_json_body(request)
+
+
+def _log_refusal(request: web.Request, error: IngestError) -> None:
+    # Host and Origin say which site a browser-borne attempt came from.
+    log.warning(
+        "admin_request_refused",
+        status=error.status,
+        reason=error.reason,
+        method=request.method,
+        path=request.path[:MAX_LOGGED_HEADER],
+        host=request.headers.get(hdrs.HOST, "")[:MAX_LOGGED_HEADER],
+        origin=request.headers.get(hdrs.ORIGIN, "")[:MAX_LOGGED_HEADER],
+    )
 
 
 def _forwarder_name(request: web.Request, context: AdminContext) -> str:
@@ -208,6 +296,10 @@ def add_admin_routes(app: web.Application, context: AdminContext, transport: str
         async def wrapped(request: web.Request) -> web.StreamResponse:
             try:
                 _authorise(request, transport, context)
+            except IngestError as exc:
+                _log_refusal(request, exc)
+                return _error(exc.status, exc.reason, exc.message)
+            try:
                 response: web.StreamResponse = await handler(request, context)
             except IngestError as exc:
                 return _error(exc.status, exc.reason, exc.message)

@@ -5,6 +5,14 @@ configuration file the daemon runs with — the Unix socket when one is
 configured (it needs no port and works inside a pod), else the TCP listener
 (a wildcard bind address is reached on loopback) — and it sends the ingest
 token from that file when one is set.
+
+It speaks to the admin API the way that API insists on, to keep web pages
+out (see ``admin.py``): every call that changes state carries
+``Content-Type: application/json``, even with no body, and the ``Host`` it
+sends names loopback — ``localhost:PORT`` over TCP, whatever the configured
+address is called (a host name that ``/etc/hosts`` maps to 127.0.1.1 is
+loopback, but the API cannot know that from the name), and ``localhost`` on
+the Unix socket, where the URL's host is only a placeholder.
 """
 
 from __future__ import annotations
@@ -19,6 +27,10 @@ from forwarder.config.settings import Settings
 from forwarder.errors import ForwarderError
 
 TIMEOUT_SECONDS = 30.0
+# The Host the admin API accepts from any loopback client (with the port over
+# TCP); over the Unix socket it is the URL's placeholder host, sent as is.
+LOOPBACK_HOST = "localhost"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class DaemonUnreachableError(ForwarderError):
@@ -44,9 +56,11 @@ class AdminClient:
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(ingest.host, ingest.host)
         host = f"[{host}]" if ":" in host else host
         self.address = f"unix:{self._socket}" if self._socket else f"{host}:{ingest.port}"
-        self._base = "http://localhost" if self._socket else f"http://{host}:{ingest.port}"
+        self._base = f"http://{LOOPBACK_HOST}" if self._socket else f"http://{host}:{ingest.port}"
         token = ingest.token.get_secret_value() if ingest.token is not None else None
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if not self._socket:
+            self._headers["Host"] = f"{LOOPBACK_HOST}:{ingest.port}"
 
     async def request(
         self,
@@ -58,7 +72,9 @@ class AdminClient:
         """Send one request; return the decoded JSON answer or raise."""
         connector = aiohttp.UnixConnector(path=self._socket) if self._socket else None
         headers = dict(self._headers)
-        if body is not None:
+        # Without a body aiohttp would label a POST application/octet-stream,
+        # which the admin API refuses (415) for calls that change state.
+        if body is not None or method.upper() not in SAFE_METHODS:
             headers["Content-Type"] = content_type
         try:
             async with (

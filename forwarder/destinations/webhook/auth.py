@@ -24,7 +24,7 @@ Design decisions:
   value the caller knows to be secret.
 * :func:`check_token` returns a message instead of raising, so
   ``check-config`` can list it with the YAML path it knows and we do not. It
-  runs on the resolved token (``tokenFile`` is read by ``config.py``; this
+  runs on the resolved token (``tokenFile`` is read by ``config/loading.py``; this
   module does no I/O).
 """
 
