@@ -1,0 +1,170 @@
+"""The chart's values: metadata, lint, documentation, a schema matching the daemon's models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, get_args
+
+import helm_python as helm
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from forwarder import __version__
+from forwarder.config.settings import BufferConfig, IngestConfig, LoggingConfig, Settings
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
+from tests.deploy.chart_support import (
+    CHAINLOOP,
+    CHART,
+    CHART_MANAGED,
+    SECRET,
+    aliases,
+    schema_error,
+    with_forwarder,
+)
+
+
+def test_chart_metadata_matches_the_package() -> None:
+    """Chart.yaml is apiVersion v2, version 0.1.0, appVersion the daemon's version."""
+    metadata = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    assert metadata["apiVersion"] == "v2"
+    assert metadata["version"] == "0.1.0"
+    assert metadata["appVersion"] == __version__ == "1.0.0"
+
+
+@pytest.mark.parametrize("mode", ["standalone", "sidecar", "daemonset"])
+def test_lint_is_clean(mode: str) -> None:
+    """helm lint --strict for Kubernetes 1.30 reports nothing above info, in every mode."""
+    report = helm.lint(CHART, {**CHAINLOOP, "mode": mode}, strict=True, kube_version="v1.30.0")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_defaults_fail_with_a_clear_message(chart: helm.Chart) -> None:
+    """With the default empty auditLogForwarders the chart refuses to render and says why."""
+    with pytest.raises(helm.HelmRenderError) as failure:
+        chart.render({}, name="rel", namespace="audit")
+    message = str(failure.value)
+    assert "auditLogForwarders is empty: the daemon needs at least one forwarder" in message
+    assert "kind: webhook" in message
+
+
+def test_every_values_key_is_documented() -> None:
+    """Each key of values.yaml has a `## @param` comment, and every @param names a real key."""
+    text = (CHART / "values.yaml").read_text(encoding="utf-8")
+    documented = {
+        line.split()[2] for line in text.splitlines() if line.lstrip().startswith("## @param ")
+    }
+
+    def paths(value: Any, prefix: str = "") -> Iterator[str]:
+        for key, item in value.items():
+            path = f"{prefix}{key}"
+            yield path
+            if isinstance(item, dict) and item and path not in documented:
+                yield from paths(item, f"{path}.")
+
+    all_paths = set(paths(yaml.safe_load(text)))
+    leaves = {p for p in all_paths if not any(other.startswith(f"{p}.") for other in all_paths)}
+    assert sorted(leaves - documented) == []
+    assert sorted(documented - all_paths) == []
+
+
+def test_schema_covers_every_daemon_option() -> None:
+    """values.schema.json knows exactly the daemon's keys, minus those the chart manages."""
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    forwarder = schema["properties"]["auditLogForwarders"]["items"]
+    config = schema["properties"]["config"]["properties"]
+
+    def keys(node: dict[str, Any]) -> set[str]:
+        assert node["additionalProperties"] is False
+        return set(node["properties"])
+
+    def expected(model: type[BaseModel], section: str) -> set[str]:
+        managed, added = CHART_MANAGED.get(section, (set(), set()))
+        return aliases(model) - managed | added
+
+    assert keys(forwarder) == expected(WebhookForwarderConfig, "forwarder")
+    for name, field in WebhookForwarderConfig.model_fields.items():
+        node = forwarder["properties"].get(field.alias or name, {})
+        nested, *_ = get_args(field.annotation) or (field.annotation,)
+        if node.get("type") == "array":
+            node = node["items"]
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            assert keys(node) == aliases(nested), field.alias
+    assert keys(config["ingest"]) == expected(IngestConfig, "ingest")
+    assert keys(config["buffer"]) == expected(BufferConfig, "buffer")
+    assert keys(config["logging"]) == aliases(LoggingConfig)
+    # metrics is the chart's `metrics.port`; the forwarders are top-level values.
+    assert set(config) | {"metrics", "auditLogForwarders"} == aliases(Settings)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            with_forwarder(token=SECRET, tokenSecretRef={"name": "s", "key": "k"}),
+            "auditLogForwarders[0]: set token or tokenSecretRef, not both",
+        ),
+        (
+            {
+                **CHAINLOOP,
+                "config": {"ingest": {"token": "t", "tokenSecretRef": {"name": "s", "key": "k"}}},
+            },
+            "config.ingest: set token or tokenSecretRef, not both",
+        ),
+        (
+            {
+                **CHAINLOOP,
+                "config": {"shutdownGraceSeconds": 30},
+                "terminationGracePeriodSeconds": 30,
+            },
+            "terminationGracePeriodSeconds must be greater than config.shutdownGraceSeconds",
+        ),
+        (
+            {**CHAINLOOP, "config": {"ingest": {"port": None}}},
+            "standalone mode serves ingest through its Service",
+        ),
+    ],
+)
+def test_contradictory_values_fail_at_render(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
+    """Values that cannot work fail at render time with a message naming the keys."""
+    with pytest.raises(helm.HelmRenderError) as failure:
+        chart.render(values, name="rel", namespace="audit")
+    assert message in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({**CHAINLOOP, "persistance": {"enabled": False}}, "'persistance' not allowed"),
+        (with_forwarder(urii="https://x.example"), "'urii' not allowed"),
+        ({**CHAINLOOP, "config": {"ingest": {"tokne": "x"}}}, "'tokne' not allowed"),
+        (with_forwarder(retry={"maxBackofSeconds": 5}), "'maxBackofSeconds' not allowed"),
+        (with_forwarder(tokenFile="/etc/token"), "'tokenFile' not allowed"),
+        ({**CHAINLOOP, "metrics": {"serviceMonitr": {}}}, "'serviceMonitr' not allowed"),
+    ],
+)
+def test_schema_rejects_typos(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
+    """An unknown key anywhere in the values is a schema error naming the key."""
+    assert complaint in schema_error(chart, values)
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({**CHAINLOOP, "persistence": {"enabled": "yes"}}, "/persistence/enabled"),
+        (with_forwarder(timeoutSeconds="5s"), "/auditLogForwarders/0/timeoutSeconds"),
+        (with_forwarder(method="GET"), "/auditLogForwarders/0/method"),
+        ({"auditLogForwarders": [{"kind": "kafka", "uri": "https://x.example"}]}, "/kind"),
+        ({"auditLogForwarders": [{"kind": "webhook"}]}, "missing property 'uri'"),
+        ({**CHAINLOOP, "config": {"ingest": {"port": "8686"}}}, "/config/ingest/port"),
+        ({**CHAINLOOP, "mode": "sidecars"}, "/mode"),
+        (with_forwarder(tokenSecretRef={"name": "s"}), "missing property 'key'"),
+    ],
+)
+def test_schema_rejects_wrong_types(chart: helm.Chart, values: dict[str, Any], where: str) -> None:
+    """A value of the wrong type or outside its allowed set is a schema error naming its path."""
+    assert where in schema_error(chart, values)
