@@ -93,8 +93,12 @@ async def test_metrics_match_real_successes_failures_timeouts_and_dead_letters(
     assert (await post_events(daemon.ingest_url, "{nope"))[0] == 400
     assert (await post_events(daemon.ingest_url, "x", "text/plain"))[0] == 415
 
-    for receiver in (ok, flaky, slow):
-        await wait_for(lambda r=receiver: len(r.delivered) == 5)  # type: ignore[misc]
+    for name, receiver in (("ok", ok), ("flaky", flaky), ("slow", slow)):
+        await wait_for(
+            lambda r=receiver: len(r.delivered) == 5,  # type: ignore[misc]
+            message=f"5 deliveries at {name} (it has {len(receiver.delivered)} of"
+            f" {len(receiver.attempts)} attempts when the wait began)",
+        )
 
     async def settled() -> Samples | None:
         samples = await scrape(daemon)
