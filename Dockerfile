@@ -17,7 +17,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 # .dockerignore limits the context to what the wheel is built from.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY forwarder ./forwarder
 RUN pip wheel . --no-deps --wheel-dir /wheels
 
