@@ -6,6 +6,31 @@ requests that come over the Unix socket or from a loopback address: an
 ingest listener bound to ``0.0.0.0`` for remote producers does not expose
 delivery history or the test button to the network.
 
+Loopback is not enough on its own: a web browser on the same host is a
+loopback client too, and any page it opens can aim requests at
+``127.0.0.1``. Two attacks follow, and each has its own guard, checked
+before the handler runs:
+
+* Cross-site requests. A page can send a "simple" request (a ``text/plain``
+  or form POST) to another origin without asking first; it cannot read the
+  answer, but the purge or replay has happened. Every admin call that
+  changes state therefore needs ``Content-Type: application/json`` (415
+  otherwise): a browser sends that cross-origin only after a CORS preflight,
+  and we never answer one positively. Requests that say they come from a
+  page of another origin (an ``Origin`` other than this listener's own, as
+  the client addressed it, or ``Sec-Fetch-Site: cross-site``/``same-site``)
+  are refused outright (403), reads included.
+* DNS rebinding. A page on ``evil.example`` re-points its own name at
+  127.0.0.1; the browser then treats our answers as same-origin and lets the
+  page read them. The request still says ``Host: evil.example``, so the
+  admin API answers only ``Host`` values that name loopback (``localhost``,
+  127.0.0.0/8, ``[::1]``, any port) — 403 otherwise. A browser cannot reach
+  a Unix socket and HTTP clients on one often send no ``Host``, so there a
+  missing ``Host`` is accepted too (the CLI sends ``localhost``).
+
+The ingest route ``POST /v1/events`` has none of these checks: remote
+producers address it by whatever name the host has, and it only adds events.
+
 The test button sends a synthetic ``forwarder.test`` event straight to the
 receiver with the forwarder's real request builder and HTTP session — outside
 the buffer, the metrics and the history — and returns the whole invocation

@@ -1,65 +1,25 @@
-"""The admin API's input handling, through the real aiohttp app on a real buffer file."""
+"""The admin API's input handling, through the real aiohttp app on a real buffer file.
+
+Fixtures are in ``conftest.py``; the checks that keep web pages out are in
+``test_admin_browser.py``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, make_mocked_request
-from prometheus_client import CollectorRegistry
+from aiohttp.test_utils import make_mocked_request
 
-from forwarder.buffer.dead_letters import INSERT_DEAD_LETTER
 from forwarder.buffer.store import EventBuffer
-from forwarder.config.settings import IngestConfig
-from forwarder.delivery.forwarders import LocalForwarders, describe_request
-from forwarder.delivery.worker import DeliveryWorker
+from forwarder.delivery.forwarders import describe_request
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.requests import RequestBuilder
-from forwarder.ingest.api import IngestContext, build_ingest_app
-from forwarder.metrics import Metrics
-from forwarder.ops.admin import AdminContext, _is_local, add_admin_routes
+from forwarder.ops.admin import _is_local
+from tests.ops.conftest import Client
 from tests.support import stored_events
 
-Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture
-async def buffer(tmp_path: Path) -> AsyncIterator[EventBuffer]:
-    """A real buffer with forwarders siem and archive, and three dead letters."""
-    opened = EventBuffer(tmp_path / "buffer.db")
-    await opened.open(["siem", "archive"])
-    rows = [
-        ("siem", 1, "e-1", "a", 1.0, 2.0, 401, "401", "HTTP 401", b"no", b'{"n":1}'),
-        ("siem", 2, "e-2", "a", 1.0, 2.0, 401, "401", "HTTP 401", b"no", b'{"n":2}'),
-        ("archive", 3, "e-3", "b", 1.0, 2.0, 400, "400", "HTTP 400", b"bad", b'{"n":3}'),
-    ]
-    await opened.execute([(INSERT_DEAD_LETTER, rows)])
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def client(
-    buffer: EventBuffer,
-    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
-) -> Client:
-    """The ingest app with the admin routes, workers constructed but not started."""
-    metrics = Metrics(CollectorRegistry())
-    forwarders = LocalForwarders(buffer, metrics, on_failure=lambda task, exc: None)
-    forwarders.workers = {
-        name: DeliveryWorker(
-            WebhookForwarderConfig(name=name, kind="webhook", uri=f"https://{name}.example/in"),
-            buffer,
-            metrics,
-        )
-        for name in ("siem", "archive")
-    }
-    app = build_ingest_app(IngestContext(buffer, IngestConfig(), metrics), "http")
-    add_admin_routes(app, AdminContext(forwarders, buffer, lambda: None), "http")
-    return await aiohttp_client(app)
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.mark.parametrize(
@@ -81,7 +41,7 @@ async def test_malformed_selections_are_400_and_change_nothing(
     client: Client, buffer: EventBuffer, action: str, body: bytes, message: str
 ) -> None:
     """A bad replay/purge selection is a JSON 400 and leaves every dead letter in place."""
-    response = await client.post(f"/v1/dead-letters/{action}", data=body)
+    response = await client.post(f"/v1/dead-letters/{action}", data=body, headers=JSON)
     assert response.status == 400
     payload = await response.json()
     assert payload["error"] == "malformed"
@@ -91,13 +51,13 @@ async def test_malformed_selections_are_400_and_change_nothing(
 
 async def test_oversized_selection_is_413(client: Client) -> None:
     """A selection body over 64 KiB is refused before parsing."""
-    response = await client.post("/v1/dead-letters/purge", data=b" " * 70_000)
+    response = await client.post("/v1/dead-letters/purge", data=b" " * 70_000, headers=JSON)
     assert response.status == 413
 
 
 async def test_purge_without_a_selection_is_refused(client: Client, buffer: EventBuffer) -> None:
     """Purging needs a forwarder, ids or all: true; an empty body purges nothing."""
-    response = await client.post("/v1/dead-letters/purge")
+    response = await client.post("/v1/dead-letters/purge", headers=JSON)
     assert response.status == 400
     assert (await buffer.query("SELECT count(*) FROM dead_letters"))[0][0] == 3
 
@@ -144,7 +104,7 @@ async def test_unknown_forwarder_paths_are_404(client: Client) -> None:
         ("POST", "/v1/forwarders/nope/test"),
         ("GET", "/v1/forwarders/..%2F..%2Fetc/deliveries"),
     ):
-        response = await client.request(method, path)
+        response = await client.request(method, path, headers=JSON)
         assert response.status == 404
         assert (await response.json())["error"] in ("unknown_forwarder", "not_found")
 
