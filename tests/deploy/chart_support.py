@@ -1,5 +1,13 @@
 """How the chart tests render charts/audit-forwarder with Helm's real engine and check it.
 
+Charts are rendered the way ``helm template --kube-version 1.30 --api-versions
+...`` would, through Helm's own engine: helm-python's ``Chart.render`` does not
+expose the Capabilities options, so ``render_files`` passes them to the same
+``helm_render`` call of its C library (``api_versions`` and ``kube_version``
+are options of that call). By default the cluster serves the Prometheus
+Operator's kinds, as the monitoring tests expect; the capability tests pass
+``api_versions=()`` for a cluster without them.
+
 Every rendered manifest is validated against the Kubernetes 1.30 OpenAPI
 schemas (strict: unknown fields are errors); the Prometheus Operator kinds,
 which those schemas do not cover, are checked by structure and their rules by
@@ -14,9 +22,11 @@ pydantic models for the same reason.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +34,7 @@ import helm_python as helm
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
+from helm_python import _native
 from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +43,10 @@ EXAMPLE = ROOT / "charts" / "examples" / "sidecar-app"
 CLI = str(Path(sys.executable).with_name("audit-forwarder"))
 KUBERNETES_VERSION = "1.30"
 OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+# `--api-versions` of a cluster running the Prometheus Operator.
+OPERATOR_APIS = tuple(f"monitoring.coreos.com/v1/{kind}" for kind in sorted(OPERATOR_KINDS))
+# The chart has no default image (none is published): every release names its build.
+IMAGE = "registry.example.com/audit-forwarder"
 SECRETS_DIR = "/etc/audit-forwarder/secrets"
 SECRET = "THE-SECRET-TOKEN"
 SIGNING_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -52,15 +67,54 @@ Manifests = list[dict[str, Any]]
 ClusterSecrets = dict[str, dict[str, str]]
 
 
-def render(chart: helm.Chart, values: dict[str, Any]) -> Manifests:
-    """Render as `helm template rel --namespace audit` would; return the Kubernetes objects."""
-    rendered = chart.render(values, name="rel", namespace="audit")
+def render_files(
+    chart: helm.Chart,
+    values: dict[str, Any],
+    *,
+    api_versions: Sequence[str] = OPERATOR_APIS,
+    name: str = "rel",
+) -> dict[str, str]:
+    """Rendered files by path, as `helm template <name> -n audit --kube-version 1.30 -a ...`.
+
+    For the audit-forwarder chart, ``image.repository`` is IMAGE unless
+    ``values`` sets it (an operator's values always name their build).
+    """
+    if chart.name == "audit-forwarder":
+        values = {**values, "image": {"repository": IMAGE, **values.get("image", {})}}
+    options = {
+        "name": name,
+        "namespace": "audit",
+        "kube_version": f"v{KUBERNETES_VERSION}.0",
+        "api_versions": list(api_versions),
+    }
+    rendered = _native.call_string(
+        "helm_render", chart._raw(), json.dumps(values), json.dumps(options)
+    )
+    files: dict[str, str] = json.loads(rendered)
+    return files
+
+
+def render(
+    chart: helm.Chart,
+    values: dict[str, Any],
+    *,
+    api_versions: Sequence[str] = OPERATOR_APIS,
+    name: str = "rel",
+) -> Manifests:
+    """Render as `helm template` would (see render_files); return the Kubernetes objects."""
     objects: Manifests = []
-    for path, text in sorted(rendered.items()):
+    files = render_files(chart, values, api_versions=api_versions, name=name)
+    for path, text in sorted(files.items()):
         if path.endswith("NOTES.txt"):
             continue
         objects += [doc for doc in yaml.safe_load_all(text) if doc]
     return objects
+
+
+def notes(chart: helm.Chart, values: dict[str, Any], **options: Any) -> str:
+    """The NOTES.txt `helm install` would print."""
+    files = render_files(chart, values, **options)
+    return next(text for path, text in files.items() if path.endswith("NOTES.txt"))
 
 
 def of_kind(objects: Manifests, kind: str) -> Manifests:
@@ -78,6 +132,11 @@ def one(objects: Manifests, kind: str) -> dict[str, Any]:
 def kinds(objects: Manifests) -> list[str]:
     """The kinds rendered, sorted."""
     return sorted(obj["kind"] for obj in objects)
+
+
+def hooks(objects: Manifests) -> Manifests:
+    """The Helm hook objects (`helm test` pods) among the rendered objects."""
+    return [o for o in objects if "helm.sh/hook" in o["metadata"].get("annotations", {})]
 
 
 def pod_spec(objects: Manifests) -> dict[str, Any]:
@@ -236,7 +295,14 @@ def with_forwarder(**options: Any) -> dict[str, Any]:
 def schema_error(chart: helm.Chart, values: dict[str, Any]) -> str:
     """The message of the schema failure ``values`` must cause."""
     with pytest.raises(helm.HelmValuesError) as failure:
-        chart.render(values, name="rel", namespace="audit")
+        render_files(chart, values)
+    return str(failure.value)
+
+
+def render_error(chart: helm.Chart, values: dict[str, Any]) -> str:
+    """The message of the render-time `fail` ``values`` must cause."""
+    with pytest.raises(helm.HelmRenderError) as failure:
+        render_files(chart, values)
     return str(failure.value)
 
 

@@ -38,6 +38,7 @@ def test_chainloop_example_installs_as_is(chart: helm.Chart, tmp_path: Path) -> 
         "ConfigMap",
         "Deployment",
         "PersistentVolumeClaim",
+        "Pod",
         "Secret",
         "Service",
         "ServiceAccount",
@@ -81,6 +82,7 @@ def test_every_forwarder_option_reaches_the_daemon(chart: helm.Chart, tmp_path: 
         "tls": {"caFile": "/etc/receiver-ca/ca.crt", "insecureSkipVerify": False},
         "responseValidators": [{"jsonPath": "$.status", "expected": ["ok"]}],
         "denyPrivateNetworks": True,
+        "statusPolicy": {"success": [409], "retry": ["4xx"], "deadLetter": [410]},
     }
     values = with_forwarder(**options)
     values["extraVolumes"] = [{"name": "receiver-ca", "secret": {"secretName": "receiver-ca"}}]

@@ -9,6 +9,7 @@ import helm_python as helm
 
 from tests.deploy.chart_support import (
     CHAINLOOP,
+    IMAGE,
     check_config,
     container,
     daemon_accepts,
@@ -44,10 +45,11 @@ def test_standalone_is_one_recreated_pod_behind_a_service(chart: helm.Chart) -> 
         "ingest": 8686,
         "metrics": 9464,
     }
-    assert forwarder["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9464}
-    assert forwarder["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9464}
+    assert forwarder["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert forwarder["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert "startupProbe" not in forwarder
     assert forwarder["args"] == ["run", "--config", "/etc/audit-forwarder/config/config.yaml"]
-    assert forwarder["image"] == "audit-forwarder:1.0.0"
+    assert forwarder["image"] == f"{IMAGE}:1.0.0"
     hardened = forwarder["securityContext"]
     assert hardened["runAsNonRoot"] is True
     assert hardened["runAsUser"] == 10001
@@ -103,6 +105,7 @@ def test_daemonset_mode_is_a_node_agent_on_host_paths(chart: helm.Chart, tmp_pat
     assert kinds(objects) == [
         "ConfigMap",
         "DaemonSet",
+        "Pod",
         "Secret",
         "Service",
         "ServiceAccount",

@@ -18,8 +18,10 @@ from tests.deploy.chart_support import (
     CHAINLOOP,
     CHART,
     CHART_MANAGED,
+    IMAGE,
     SECRET,
     aliases,
+    render_error,
     schema_error,
     with_forwarder,
 )
@@ -36,18 +38,17 @@ def test_chart_metadata_matches_the_package() -> None:
 @pytest.mark.parametrize("mode", ["standalone", "sidecar", "daemonset"])
 def test_lint_is_clean(mode: str) -> None:
     """helm lint --strict for Kubernetes 1.30 reports nothing above info, in every mode."""
-    report = helm.lint(CHART, {**CHAINLOOP, "mode": mode}, strict=True, kube_version="v1.30.0")
+    monitors = {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}
+    values = {
+        **CHAINLOOP,
+        "mode": mode,
+        "image": {"repository": IMAGE},
+        "networkPolicy": {"enabled": True},
+        "metrics": {"monitoringApi": "force", **monitors},
+    }
+    report = helm.lint(CHART, values, strict=True, kube_version="v1.30.0")
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
-
-
-def test_defaults_fail_with_a_clear_message(chart: helm.Chart) -> None:
-    """With the default empty auditLogForwarders the chart refuses to render and says why."""
-    with pytest.raises(helm.HelmRenderError) as failure:
-        chart.render({}, name="rel", namespace="audit")
-    message = str(failure.value)
-    assert "auditLogForwarders is empty: the daemon needs at least one forwarder" in message
-    assert "kind: webhook" in message
 
 
 def test_every_values_key_is_documented() -> None:
@@ -68,6 +69,21 @@ def test_every_values_key_is_documented() -> None:
     leaves = {p for p in all_paths if not any(other.startswith(f"{p}.") for other in all_paths)}
     assert sorted(leaves - documented) == []
     assert sorted(documented - all_paths) == []
+
+
+def test_readme_lists_every_value() -> None:
+    """The chart README's Parameters tables hold exactly the `## @param` keys of values.yaml."""
+    values_text = (CHART / "values.yaml").read_text(encoding="utf-8")
+    params = {
+        line.split()[2]
+        for line in values_text.splitlines()
+        if line.lstrip().startswith("## @param ")
+    }
+    readme = (CHART / "README.md").read_text(encoding="utf-8")
+    parameters = readme[readme.index("## Parameters") :]
+    rows = {line.split("`")[1] for line in parameters.splitlines() if line.startswith("| `")}
+    assert sorted(params - rows) == []
+    assert sorted(rows - params) == []
 
 
 def test_schema_covers_every_daemon_option() -> None:
@@ -125,15 +141,25 @@ def test_schema_covers_every_daemon_option() -> None:
             {**CHAINLOOP, "config": {"ingest": {"port": None}}},
             "standalone mode serves ingest through its Service",
         ),
+        (
+            {**CHAINLOOP, "service": {"nodePorts": {"ingest": 30686}}},
+            "service.nodePorts: a ClusterIP Service has no node ports",
+        ),
+        (
+            {**CHAINLOOP, "networkPolicy": {"enabled": True, "egress": {"restrict": True}}},
+            "networkPolicy.egress.restrict: with no networkPolicy.egress.rules",
+        ),
+        (
+            {**CHAINLOOP, "backend": CHAINLOOP},
+            "auditLogForwarders and backend.auditLogForwarders are both set",
+        ),
     ],
 )
 def test_contradictory_values_fail_at_render(
     chart: helm.Chart, values: dict[str, Any], message: str
 ) -> None:
     """Values that cannot work fail at render time with a message naming the keys."""
-    with pytest.raises(helm.HelmRenderError) as failure:
-        chart.render(values, name="rel", namespace="audit")
-    assert message in str(failure.value)
+    assert message in render_error(chart, values)
 
 
 @pytest.mark.parametrize(
@@ -145,6 +171,13 @@ def test_contradictory_values_fail_at_render(
         (with_forwarder(retry={"maxBackofSeconds": 5}), "'maxBackofSeconds' not allowed"),
         (with_forwarder(tokenFile="/etc/token"), "'tokenFile' not allowed"),
         ({**CHAINLOOP, "metrics": {"serviceMonitr": {}}}, "'serviceMonitr' not allowed"),
+        ({**CHAINLOOP, "livenessProbe": {"periodSecond": 5}}, "'periodSecond' not allowed"),
+        ({**CHAINLOOP, "networkPolicy": {"ingestFrom": [{"podSelectr": {}}]}}, "'podSelectr'"),
+        ({**CHAINLOOP, "backend": {**CHAINLOOP, "controlplane": {}}}, "'controlplane'"),
+        (
+            {**CHAINLOOP, "metrics": {"serviceMonitor": {"relabeling": []}}},
+            "'relabeling' not allowed",
+        ),
     ],
 )
 def test_schema_rejects_typos(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
@@ -163,6 +196,10 @@ def test_schema_rejects_typos(chart: helm.Chart, values: dict[str, Any], complai
         ({**CHAINLOOP, "config": {"ingest": {"port": "8686"}}}, "/config/ingest/port"),
         ({**CHAINLOOP, "mode": "sidecars"}, "/mode"),
         (with_forwarder(tokenSecretRef={"name": "s"}), "missing property 'key'"),
+        ({**CHAINLOOP, "service": {"nodePorts": {"ingest": 8686}}}, "/service/nodePorts/ingest"),
+        ({**CHAINLOOP, "metrics": {"monitoringApi": "always"}}, "/metrics/monitoringApi"),
+        ({**CHAINLOOP, "image": {"pullSecrets": [{"nam": "x"}]}}, "/image/pullSecrets/0"),
+        ({"backend": {"auditLogForwarders": [{"kind": "webhook"}]}}, "missing property 'uri'"),
     ],
 )
 def test_schema_rejects_wrong_types(chart: helm.Chart, values: dict[str, Any], where: str) -> None:

@@ -1,15 +1,15 @@
 {{/*
-Named templates of the audit-forwarder chart.
+Named templates of the audit-forwarder chart, by file:
+  _helpers.tpl     names, labels, the image, the forwarders list, render-time
+                   checks, the Prometheus Operator capability gate
+  _config.tpl      the daemon's config.yaml and the chart's Secret
+  _pod.tpl         the forwarder container, its volumes, probes and the pod spec
+  _monitoring.tpl  what the ServiceMonitor and the PodMonitor share
+  _sidecar.tpl     the public templates for application charts (sidecar mode)
 
-Public (for application charts, see the chart README, "Sidecar mode"):
-  audit-forwarder.sidecar               the forwarder container, as a list item
-  audit-forwarder.sidecarVolumes        the volumes it needs, as list items
-  audit-forwarder.sidecarPodAnnotations checksum annotations that roll the pods on a config change
-All three take the chart's own scope: `(index .Subcharts "audit-forwarder")`.
-
-Everything else is internal. Paths inside the container are fixed: the image's
-CMD reads /etc/audit-forwarder/config.yaml and its environment points the buffer
-at /var/lib/audit-forwarder/buffer.db.
+Paths inside the container are fixed: the image's CMD reads
+/etc/audit-forwarder/config.yaml and its environment points the buffer at
+/var/lib/audit-forwarder/buffer.db.
 */}}
 
 {{- define "audit-forwarder.configDir" -}}/etc/audit-forwarder/config{{- end -}}
@@ -23,13 +23,20 @@ at /var/lib/audit-forwarder/buffer.db.
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Full name: `<release>-<chart>` unless the release name already contains the chart name. */}}
+{{/*
+Full name of every resource:
+  fullnameOverride when set;
+  the release name alone when it already contains the chart name
+  (`audit-forwarder-prod`) or is the first word of it (`audit` for
+  `audit-forwarder`: a prefix followed by "-");
+  `<release>-<chart>` otherwise.
+*/}}
 {{- define "audit-forwarder.fullname" -}}
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
-{{- if contains $name .Release.Name }}
+{{- if or (contains $name .Release.Name) (hasPrefix (printf "%s-" .Release.Name) $name) }}
 {{- .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- else }}
 {{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
@@ -41,20 +48,26 @@ at /var/lib/audit-forwarder/buffer.db.
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* Selector labels: never change them, a Deployment's selector is immutable. */}}
 {{- define "audit-forwarder.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "audit-forwarder.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{- define "audit-forwarder.labels" -}}
-helm.sh/chart: {{ include "audit-forwarder.chart" . }}
-{{ include "audit-forwarder.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/component: {{ .Values.mode }}
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
+{{/* The role the pods play, for app.kubernetes.io/component (not a selector label). */}}
+{{- define "audit-forwarder.component" -}}
+{{- get (dict "standalone" "forwarder" "daemonset" "node-agent" "sidecar" "sidecar") .Values.mode }}
 {{- end }}
+
+{{/* Labels of every resource; commonLabels cannot override the chart's own. */}}
+{{- define "audit-forwarder.labels" -}}
+{{- $standard := dict
+  "helm.sh/chart" (include "audit-forwarder.chart" .)
+  "app.kubernetes.io/version" .Chart.AppVersion
+  "app.kubernetes.io/managed-by" .Release.Service
+  "app.kubernetes.io/component" (include "audit-forwarder.component" .) }}
+{{- $selector := include "audit-forwarder.selectorLabels" . | fromYaml }}
+{{- toYaml (merge $selector $standard (.Values.commonLabels | default dict)) }}
 {{- end }}
 
 {{- define "audit-forwarder.serviceAccountName" -}}
@@ -65,7 +78,17 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- end }}
 {{- end }}
 
+{{/*
+The image reference. No public image exists, so there is no default
+repository: a release that runs the daemon must name its own build.
+*/}}
 {{- define "audit-forwarder.image" -}}
+{{- if not .Values.image.repository }}
+{{- fail (printf `image.repository is not set: no public audit-forwarder image is published. Build the image from the repository's Dockerfile and push it to a registry your cluster pulls from:
+  docker build -t REGISTRY/audit-forwarder:%[1]s .
+  docker push REGISTRY/audit-forwarder:%[1]s
+then set image.repository=REGISTRY/audit-forwarder (image.tag defaults to the chart's appVersion, %[1]s).` .Chart.AppVersion) }}
+{{- end }}
 {{- $repository := .Values.image.repository }}
 {{- if .Values.image.registry }}
 {{- $repository = printf "%s/%s" .Values.image.registry $repository }}
@@ -77,6 +100,44 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- end }}
 {{- end }}
 
+{{/* image.pullSecrets and its alias imagePullSecrets, as `- name:` list items ("" when none). */}}
+{{- define "audit-forwarder.imagePullSecrets" -}}
+{{- $names := list }}
+{{- range concat (.Values.image.pullSecrets | default list) (.Values.imagePullSecrets | default list) }}
+{{- if kindIs "string" . }}
+{{- $names = append $names . }}
+{{- else }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
+{{- range uniq $names }}
+- name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The forwarders as a YAML list: auditLogForwarders, or Chainloop's nesting
+backend.auditLogForwarders (its chart's values put them there). Callers parse
+it with fromYamlArray.
+*/}}
+{{- define "audit-forwarder.forwarders" -}}
+{{- $top := .Values.auditLogForwarders | default list }}
+{{- $nested := (.Values.backend | default dict).auditLogForwarders | default list }}
+{{- if and $top $nested }}
+{{- fail "auditLogForwarders and backend.auditLogForwarders are both set: keep one list. backend.auditLogForwarders is accepted for Chainloop's values layout; move its entries under the top-level auditLogForwarders and remove backend" }}
+{{- end }}
+{{- toYaml (default $nested $top) }}
+{{- end }}
+
+{{/*
+"true" when there is at least one forwarder. Without one the daemon cannot
+start, so the chart renders only its NOTES (and extraObjects): `helm lint`
+and chart-testing with the default values pass, and nothing crash-loops.
+*/}}
+{{- define "audit-forwarder.configured" -}}
+{{- if include "audit-forwarder.forwarders" . | fromYamlArray }}true{{ end }}
+{{- end }}
+
 {{/* The Unix socket path, or "" when the socket listener is off. */}}
 {{- define "audit-forwarder.unixSocket" -}}
 {{- if .Values.config.ingest.unixSocket }}
@@ -84,6 +145,11 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- else if ne .Values.mode "standalone" }}
 {{- include "audit-forwarder.defaultSocket" . }}
 {{- end }}
+{{- end }}
+
+{{/* The container's metrics port name; unique per pod, so the sidecar's must not clash with the application's. */}}
+{{- define "audit-forwarder.metricsPortName" -}}
+{{- ternary "fwd-metrics" "metrics" (eq .Values.mode "sidecar") }}
 {{- end }}
 
 {{/* terminationGracePeriodSeconds: leave the daemon its shutdownGraceSeconds plus time to close the buffer. */}}
@@ -96,12 +162,27 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- end }}
 
 {{/*
+Capability gate for the Prometheus Operator kinds. Renders "true" when an
+object of `kind` (ServiceMonitor, PodMonitor, PrometheusRule) may be rendered:
+the cluster serves monitoring.coreos.com/v1/<kind>, or metrics.monitoringApi
+is "force" (`helm template` for GitOps, or CRDs installed in the same sync).
+Without the gate, `helm install` fails on a cluster without the operator.
+  {{- if include "audit-forwarder.monitoringApiAvailable" (dict "root" $ "kind" "ServiceMonitor") }}
+*/}}
+{{- define "audit-forwarder.monitoringApiAvailable" -}}
+{{- if eq .root.Values.metrics.monitoringApi "force" }}true
+{{- else if .root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" .kind) }}true
+{{- end }}
+{{- end }}
+
+{{/*
 Render-time checks the JSON schema cannot express. Every template that
 renders the configuration calls this, so a bad release fails before anything
 is applied.
 */}}
 {{- define "audit-forwarder.validate" -}}
-{{- if not .Values.auditLogForwarders }}
+{{- $forwarders := include "audit-forwarder.forwarders" . | fromYamlArray }}
+{{- if not $forwarders }}
 {{- fail `auditLogForwarders is empty: the daemon needs at least one forwarder. Set for example:
   auditLogForwarders:
     - kind: webhook
@@ -116,7 +197,7 @@ is applied.
 {{- if and (eq .Values.mode "standalone") (kindIs "invalid" $ingest.port) }}
 {{- fail "config.ingest.port: standalone mode serves ingest through its Service; the port cannot be null" }}
 {{- end }}
-{{- range $index, $forwarder := .Values.auditLogForwarders }}
+{{- range $index, $forwarder := $forwarders }}
 {{- if and $forwarder.token $forwarder.tokenSecretRef }}
 {{- fail (printf "auditLogForwarders[%d]: set token or tokenSecretRef, not both" $index) }}
 {{- end }}
@@ -129,357 +210,31 @@ is applied.
 {{- fail "terminationGracePeriodSeconds must be greater than config.shutdownGraceSeconds, or the kubelet kills the daemon while it drains" }}
 {{- end }}
 {{- end }}
+{{- if and (eq .Values.service.type "ClusterIP") (or .Values.service.nodePorts.ingest .Values.service.nodePorts.metrics) }}
+{{- fail "service.nodePorts: a ClusterIP Service has no node ports; set service.type to NodePort or LoadBalancer" }}
 {{- end }}
-
-{{/*
-The chart-managed Secret's data (base64), one key per inline secret:
-ingest-token, forwarder-<index>-token, forwarder-<index>-signing-secret.
-Renders "{}" when there is none.
-*/}}
-{{- define "audit-forwarder.secretData" -}}
-{{- $data := dict }}
-{{- if .Values.config.ingest.token }}
-{{- $_ := set $data "ingest-token" (.Values.config.ingest.token | toString | b64enc) }}
+{{- with .Values.networkPolicy }}
+{{- if and .enabled .egress.restrict (not .egress.rules) }}
+{{- fail "networkPolicy.egress.restrict: with no networkPolicy.egress.rules the daemon cannot reach any forwarder; list the receivers (ipBlock, namespaceSelector...) in egress.rules" }}
 {{- end }}
-{{- range $index, $forwarder := .Values.auditLogForwarders }}
-{{- if $forwarder.token }}
-{{- $_ := set $data (printf "forwarder-%d-token" $index) ($forwarder.token | toString | b64enc) }}
-{{- end }}
-{{- if $forwarder.signingSecret }}
-{{- $_ := set $data (printf "forwarder-%d-signing-secret" $index) ($forwarder.signingSecret | toString | b64enc) }}
-{{- end }}
-{{- end }}
-{{- toYaml $data }}
-{{- end }}
-
-{{/* Secrets taken from existing Secrets: a YAML list of {name, key, path}. */}}
-{{- define "audit-forwarder.secretRefs" -}}
-{{- $refs := list }}
-{{- with .Values.config.ingest.tokenSecretRef }}
-{{- $refs = append $refs (dict "name" .name "key" .key "path" "ingest-token") }}
-{{- end }}
-{{- range $index, $forwarder := .Values.auditLogForwarders }}
-{{- with $forwarder.tokenSecretRef }}
-{{- $refs = append $refs (dict "name" .name "key" .key "path" (printf "forwarder-%d-token" $index)) }}
-{{- end }}
-{{- with $forwarder.signingSecretRef }}
-{{- $refs = append $refs (dict "name" .name "key" .key "path" (printf "forwarder-%d-signing-secret" $index)) }}
-{{- end }}
-{{- end }}
-{{- toYaml (dict "refs" $refs) }}
-{{- end }}
-
-{{/* "true" when the pod mounts any secret file. */}}
-{{- define "audit-forwarder.hasSecrets" -}}
-{{- $data := include "audit-forwarder.secretData" . | fromYaml }}
-{{- $refs := (include "audit-forwarder.secretRefs" . | fromYaml).refs }}
-{{- if or $data $refs }}true{{ end }}
-{{- end }}
-
-{{/*
-The daemon's config.yaml. Secrets are replaced by *File keys pointing at the
-mounted Secret; listener addresses and paths are the chart's.
-*/}}
-{{- define "audit-forwarder.config" -}}
-{{- include "audit-forwarder.validate" . }}
-{{- $secretsDir := include "audit-forwarder.secretsDir" . }}
-{{- $c := .Values.config }}
-{{- $ingest := dict "port" $c.ingest.port "maxRequestBytes" $c.ingest.maxRequestBytes "maxEventBytes" $c.ingest.maxEventBytes }}
-{{- /* Standalone: reachable through the Service. Otherwise the pod's loopback only: the socket is the way in. */}}
-{{- $_ := set $ingest "host" (ternary "0.0.0.0" "127.0.0.1" (eq .Values.mode "standalone")) }}
-{{- $socket := include "audit-forwarder.unixSocket" . }}
-{{- if $socket }}
-{{- $_ := set $ingest "unixSocket" $socket }}
-{{- end }}
-{{- if or $c.ingest.token $c.ingest.tokenSecretRef }}
-{{- $_ := set $ingest "tokenFile" (printf "%s/ingest-token" $secretsDir) }}
-{{- end }}
-{{- $buffer := dict "path" (printf "%s/buffer.db" (include "audit-forwarder.dataDir" .)) "synchronous" $c.buffer.synchronous "retentionHours" $c.buffer.retentionHours "historyMaxRows" $c.buffer.historyMaxRows }}
-{{- if not (kindIs "invalid" $c.buffer.maxBytes) }}
-{{- $_ := set $buffer "maxBytes" $c.buffer.maxBytes }}
-{{- end }}
-{{- $forwarders := list }}
-{{- range $index, $forwarder := .Values.auditLogForwarders }}
-{{- $rendered := omit $forwarder "token" "tokenSecretRef" "signingSecret" "signingSecretRef" }}
-{{- if or $forwarder.token $forwarder.tokenSecretRef }}
-{{- $_ := set $rendered "tokenFile" (printf "%s/forwarder-%d-token" $secretsDir $index) }}
-{{- end }}
-{{- if or $forwarder.signingSecret $forwarder.signingSecretRef }}
-{{- $_ := set $rendered "signingSecretFile" (printf "%s/forwarder-%d-signing-secret" $secretsDir $index) }}
-{{- end }}
-{{- $forwarders = append $forwarders $rendered }}
-{{- end }}
-{{- $config := dict
-  "ingest" $ingest
-  "buffer" $buffer
-  "metrics" (dict "host" "0.0.0.0" "port" .Values.metrics.port)
-  "logging" $c.logging
-  "shutdownGraceSeconds" $c.shutdownGraceSeconds
-  "auditLogForwarders" $forwarders }}
-{{- toYaml $config }}
-{{- end }}
-
-{{/* Pod annotations that roll the pods when the configuration or the chart's Secret changes. */}}
-{{- define "audit-forwarder.checksums" -}}
-checksum/config: {{ include "audit-forwarder.config" . | sha256sum }}
-checksum/secret: {{ include "audit-forwarder.secretData" . | sha256sum }}
-{{- end }}
-
-{{/* The forwarder container as a list item; used by every mode. */}}
-{{- define "audit-forwarder.container" -}}
-{{- $sidecar := eq .Values.mode "sidecar" }}
-{{- $socket := include "audit-forwarder.unixSocket" . -}}
-- name: audit-forwarder
-  image: {{ include "audit-forwarder.image" . }}
-  imagePullPolicy: {{ .Values.image.pullPolicy }}
-  args: ["run", "--config", {{ include "audit-forwarder.configFile" . | quote }}]
-  {{- if and $sidecar .Values.sidecar.native }}
-  restartPolicy: Always
-  {{- end }}
-  {{- with .Values.extraEnv }}
-  env:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  ports:
-    {{- if and (eq .Values.mode "standalone") (not (kindIs "invalid" .Values.config.ingest.port)) }}
-    - name: ingest
-      containerPort: {{ int .Values.config.ingest.port }}
-      protocol: TCP
-    {{- end }}
-    {{- /* Port names are unique per pod: the sidecar's must not clash with the application's. */}}
-    - name: {{ ternary "fwd-metrics" "metrics" $sidecar }}
-      containerPort: {{ int .Values.metrics.port }}
-      protocol: TCP
-  {{- with .Values.probes.liveness }}
-  {{- if .enabled }}
-  livenessProbe:
-    httpGet:
-      path: /healthz
-      port: {{ int $.Values.metrics.port }}
-    initialDelaySeconds: {{ int .initialDelaySeconds }}
-    periodSeconds: {{ int .periodSeconds }}
-    timeoutSeconds: {{ int .timeoutSeconds }}
-    failureThreshold: {{ int .failureThreshold }}
-  {{- end }}
-  {{- end }}
-  {{- with .Values.probes.readiness }}
-  {{- if .enabled }}
-  readinessProbe:
-    httpGet:
-      path: /readyz
-      port: {{ int $.Values.metrics.port }}
-    initialDelaySeconds: {{ int .initialDelaySeconds }}
-    periodSeconds: {{ int .periodSeconds }}
-    timeoutSeconds: {{ int .timeoutSeconds }}
-    failureThreshold: {{ int .failureThreshold }}
-  {{- end }}
-  {{- end }}
-  {{- with .Values.resources }}
-  resources:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with .Values.securityContext }}
-  securityContext:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  volumeMounts:
-    {{- /* A directory mount, not subPath: ConfigMap updates then reach the pod
-         (an atomic ..data swap) and the daemon reloads them without a restart. */}}
-    - name: audit-forwarder-config
-      mountPath: {{ include "audit-forwarder.configDir" . }}
-      readOnly: true
-    {{- if include "audit-forwarder.hasSecrets" . }}
-    - name: audit-forwarder-secrets
-      mountPath: {{ include "audit-forwarder.secretsDir" . }}
-      readOnly: true
-    {{- end }}
-    - name: audit-forwarder-buffer
-      mountPath: {{ include "audit-forwarder.dataDir" . }}
-    {{- if $socket }}
-    - name: audit-forwarder-socket
-      mountPath: {{ dir $socket }}
-    {{- end }}
-    {{- /* readOnlyRootFilesystem: SQLite and Python may still want a scratch directory. */}}
-    - name: audit-forwarder-tmp
-      mountPath: /tmp
-    {{- with .Values.extraVolumeMounts }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
-{{- end }}
-
-{{/* The volumes of the forwarder container as list items; the buffer volume depends on the mode. */}}
-{{- define "audit-forwarder.volumes" -}}
-{{- $fullname := include "audit-forwarder.fullname" . }}
-{{- $socket := include "audit-forwarder.unixSocket" . -}}
-- name: audit-forwarder-config
-  configMap:
-    name: {{ $fullname }}
-{{- if include "audit-forwarder.hasSecrets" . }}
-- name: audit-forwarder-secrets
-  projected:
-    # 0440: readable by the daemon through fsGroup, by no one else.
-    defaultMode: 288
-    sources:
-      {{- if include "audit-forwarder.secretData" . | fromYaml }}
-      - secret:
-          name: {{ $fullname }}
-      {{- end }}
-      {{- range (include "audit-forwarder.secretRefs" . | fromYaml).refs }}
-      - secret:
-          name: {{ .name }}
-          items:
-            - key: {{ .key }}
-              path: {{ .path }}
-      {{- end }}
-{{- end }}
-- name: audit-forwarder-buffer
-{{- if eq .Values.mode "daemonset" }}
-  hostPath:
-    path: {{ .Values.daemonset.bufferHostPath }}
-    type: DirectoryOrCreate
-{{- else if eq .Values.mode "sidecar" }}
-{{- if .Values.sidecar.bufferVolume }}
-  {{- toYaml .Values.sidecar.bufferVolume | nindent 2 }}
-{{- else }}
-  emptyDir:
-    sizeLimit: {{ .Values.persistence.emptyDirSizeLimit }}
-{{- end }}
-{{- else if .Values.persistence.enabled }}
-  persistentVolumeClaim:
-    claimName: {{ default $fullname .Values.persistence.existingClaim }}
-{{- else }}
-  emptyDir:
-    sizeLimit: {{ .Values.persistence.emptyDirSizeLimit }}
-{{- end }}
-{{- if $socket }}
-- name: audit-forwarder-socket
-{{- if eq .Values.mode "daemonset" }}
-  hostPath:
-    path: {{ .Values.daemonset.socketHostPath }}
-    type: DirectoryOrCreate
-{{- else }}
-  emptyDir: {}
-{{- end }}
-{{- end }}
-- name: audit-forwarder-tmp
-  emptyDir:
-    sizeLimit: 64Mi
-{{- with .Values.extraVolumes }}
-{{ toYaml . }}
-{{- end }}
-{{- end }}
-
-{{/* The pod spec of the standalone Deployment and the DaemonSet. */}}
-{{- define "audit-forwarder.podSpec" -}}
-serviceAccountName: {{ include "audit-forwarder.serviceAccountName" . }}
-automountServiceAccountToken: {{ .Values.serviceAccount.automountServiceAccountToken }}
-# The daemon reads AUDIT_FORWARDER_* variables: keep Service links out of its environment.
-enableServiceLinks: false
-terminationGracePeriodSeconds: {{ include "audit-forwarder.terminationGracePeriodSeconds" . }}
-{{- with .Values.imagePullSecrets }}
-imagePullSecrets:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .Values.priorityClassName }}
-priorityClassName: {{ . }}
-{{- end }}
-{{- with .Values.podSecurityContext }}
-securityContext:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- if and (eq .Values.mode "daemonset") .Values.daemonset.volumePermissions }}
-initContainers:
-  # hostPath directories are created root-owned and fsGroup does not apply to
-  # them: hand them to the daemon's user, with CAP_CHOWN and nothing else.
-  - name: volume-permissions
-    image: {{ include "audit-forwarder.image" . }}
-    imagePullPolicy: {{ .Values.image.pullPolicy }}
-    command:
-      - chown
-      - "{{ int .Values.securityContext.runAsUser }}:{{ int .Values.securityContext.runAsGroup }}"
-      - {{ include "audit-forwarder.dataDir" . }}
-      - {{ dir (include "audit-forwarder.unixSocket" .) }}
-    securityContext:
-      runAsNonRoot: false
-      runAsUser: 0
-      runAsGroup: 0
-      readOnlyRootFilesystem: true
-      allowPrivilegeEscalation: false
-      capabilities:
-        drop:
-          - ALL
-        add:
-          - CHOWN
-      seccompProfile:
-        type: RuntimeDefault
-    volumeMounts:
-      - name: audit-forwarder-buffer
-        mountPath: {{ include "audit-forwarder.dataDir" . }}
-      - name: audit-forwarder-socket
-        mountPath: {{ dir (include "audit-forwarder.unixSocket" .) }}
-{{- end }}
-containers:
-  {{- include "audit-forwarder.container" . | nindent 2 }}
-volumes:
-  {{- include "audit-forwarder.volumes" . | nindent 2 }}
-{{- with .Values.nodeSelector }}
-nodeSelector:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .Values.affinity }}
-affinity:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .Values.tolerations }}
-tolerations:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- end }}
-
-{{/* Pod template annotations of the standalone Deployment and the DaemonSet. */}}
-{{- define "audit-forwarder.podAnnotations" -}}
-{{- if .Values.rollOnConfigChange }}
-{{ include "audit-forwarder.checksums" . }}
-{{- end }}
-{{- if .Values.metrics.podAnnotations.enabled }}
-prometheus.io/scrape: "true"
-prometheus.io/port: {{ .Values.metrics.port | int | quote }}
-prometheus.io/path: /metrics
-{{- end }}
-{{- with .Values.podAnnotations }}
-{{ toYaml . }}
 {{- end }}
 {{- end }}
 
 {{/*
-=== Public templates for application charts (sidecar mode) ===
-Call them with the subchart's scope, e.g.
-  containers:
-    - name: app
-      ...
-    {{- include "audit-forwarder.sidecar" (index .Subcharts "audit-forwarder") | nindent 4 }}
+Labels of the `helm test` pod. It must never carry both selector labels, or
+the Service would send ingest traffic to it.
 */}}
-
-{{/* The forwarder container, as a list item for `containers:` (or `initContainers:` with sidecar.native). */}}
-{{- define "audit-forwarder.sidecar" -}}
-{{- if ne .Values.mode "sidecar" }}
-{{- fail "audit-forwarder.sidecar: set audit-forwarder.mode=sidecar in the application chart's values" }}
-{{- end }}
-{{- include "audit-forwarder.container" . }}
+{{- define "audit-forwarder.testSelectorLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: helm-test
 {{- end }}
 
-{{/* The sidecar's volumes, as list items for `volumes:`; the socket volume is named audit-forwarder-socket. */}}
-{{- define "audit-forwarder.sidecarVolumes" -}}
-{{- if ne .Values.mode "sidecar" }}
-{{- fail "audit-forwarder.sidecarVolumes: set audit-forwarder.mode=sidecar in the application chart's values" }}
-{{- end }}
-{{- include "audit-forwarder.volumes" . }}
-{{- end }}
-
-{{/* Annotations for the application's pod template: roll the pods when the forwarder's config or Secret changes. */}}
-{{- define "audit-forwarder.sidecarPodAnnotations" -}}
-{{- if .Values.rollOnConfigChange }}
-checksum/audit-forwarder-config: {{ include "audit-forwarder.config" . | sha256sum }}
-checksum/audit-forwarder-secret: {{ include "audit-forwarder.secretData" . | sha256sum }}
-{{- end }}
+{{- define "audit-forwarder.testLabels" -}}
+{{- $standard := dict
+  "helm.sh/chart" (include "audit-forwarder.chart" .)
+  "app.kubernetes.io/version" .Chart.AppVersion
+  "app.kubernetes.io/managed-by" .Release.Service
+  "app.kubernetes.io/part-of" (include "audit-forwarder.name" .) }}
+{{- $common := omit (.Values.commonLabels | default dict) "app.kubernetes.io/name" }}
+{{- toYaml (merge (include "audit-forwarder.testSelectorLabels" . | fromYaml) $standard $common) }}
 {{- end }}

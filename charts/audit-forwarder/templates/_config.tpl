@@ -1,0 +1,104 @@
+{{/*
+The daemon's config.yaml and the chart's Secret. Secrets never reach the
+ConfigMap: the config names files in the mounted Secret (*File keys).
+*/}}
+
+{{/*
+The chart-managed Secret's data (base64), one key per inline secret:
+ingest-token, forwarder-<index>-token, forwarder-<index>-signing-secret.
+Renders "{}" when there is none.
+*/}}
+{{- define "audit-forwarder.secretData" -}}
+{{- $data := dict }}
+{{- if .Values.config.ingest.token }}
+{{- $_ := set $data "ingest-token" (.Values.config.ingest.token | toString | b64enc) }}
+{{- end }}
+{{- range $index, $forwarder := include "audit-forwarder.forwarders" . | fromYamlArray }}
+{{- if $forwarder.token }}
+{{- $_ := set $data (printf "forwarder-%d-token" $index) ($forwarder.token | toString | b64enc) }}
+{{- end }}
+{{- if $forwarder.signingSecret }}
+{{- $_ := set $data (printf "forwarder-%d-signing-secret" $index) ($forwarder.signingSecret | toString | b64enc) }}
+{{- end }}
+{{- end }}
+{{- toYaml $data }}
+{{- end }}
+
+{{/* Secrets taken from existing Secrets: a YAML list of {name, key, path}. */}}
+{{- define "audit-forwarder.secretRefs" -}}
+{{- $refs := list }}
+{{- with .Values.config.ingest.tokenSecretRef }}
+{{- $refs = append $refs (dict "name" .name "key" .key "path" "ingest-token") }}
+{{- end }}
+{{- range $index, $forwarder := include "audit-forwarder.forwarders" . | fromYamlArray }}
+{{- with $forwarder.tokenSecretRef }}
+{{- $refs = append $refs (dict "name" .name "key" .key "path" (printf "forwarder-%d-token" $index)) }}
+{{- end }}
+{{- with $forwarder.signingSecretRef }}
+{{- $refs = append $refs (dict "name" .name "key" .key "path" (printf "forwarder-%d-signing-secret" $index)) }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "refs" $refs) }}
+{{- end }}
+
+{{/* "true" when the pod mounts any secret file. */}}
+{{- define "audit-forwarder.hasSecrets" -}}
+{{- $data := include "audit-forwarder.secretData" . | fromYaml }}
+{{- $refs := (include "audit-forwarder.secretRefs" . | fromYaml).refs }}
+{{- if or $data $refs }}true{{ end }}
+{{- end }}
+
+{{/*
+The daemon's config.yaml. Secrets are replaced by *File keys pointing at the
+mounted Secret; listener addresses and paths are the chart's.
+*/}}
+{{- define "audit-forwarder.config" -}}
+{{- include "audit-forwarder.validate" . }}
+{{- $secretsDir := include "audit-forwarder.secretsDir" . }}
+{{- $c := .Values.config }}
+{{- $ingest := dict "port" $c.ingest.port "maxRequestBytes" $c.ingest.maxRequestBytes "maxEventBytes" $c.ingest.maxEventBytes }}
+{{- /* Standalone: reachable through the Service. Otherwise the pod's loopback only: the socket is the way in. */}}
+{{- $_ := set $ingest "host" (ternary "0.0.0.0" "127.0.0.1" (eq .Values.mode "standalone")) }}
+{{- $socket := include "audit-forwarder.unixSocket" . }}
+{{- if $socket }}
+{{- $_ := set $ingest "unixSocket" $socket }}
+{{- end }}
+{{- /* Set only when given: the daemon's own defaults otherwise. */}}
+{{- range $key := list "maxConnections" "idleTimeoutSeconds" "requestTimeoutSeconds" }}
+{{- if not (kindIs "invalid" (index $c.ingest $key)) }}
+{{- $_ := set $ingest $key (index $c.ingest $key) }}
+{{- end }}
+{{- end }}
+{{- if or $c.ingest.token $c.ingest.tokenSecretRef }}
+{{- $_ := set $ingest "tokenFile" (printf "%s/ingest-token" $secretsDir) }}
+{{- end }}
+{{- $buffer := dict "path" (printf "%s/buffer.db" (include "audit-forwarder.dataDir" .)) "synchronous" $c.buffer.synchronous "retentionHours" $c.buffer.retentionHours "historyMaxRows" $c.buffer.historyMaxRows }}
+{{- if not (kindIs "invalid" $c.buffer.maxBytes) }}
+{{- $_ := set $buffer "maxBytes" $c.buffer.maxBytes }}
+{{- end }}
+{{- $forwarders := list }}
+{{- range $index, $forwarder := include "audit-forwarder.forwarders" . | fromYamlArray }}
+{{- $rendered := omit $forwarder "token" "tokenSecretRef" "signingSecret" "signingSecretRef" }}
+{{- if or $forwarder.token $forwarder.tokenSecretRef }}
+{{- $_ := set $rendered "tokenFile" (printf "%s/forwarder-%d-token" $secretsDir $index) }}
+{{- end }}
+{{- if or $forwarder.signingSecret $forwarder.signingSecretRef }}
+{{- $_ := set $rendered "signingSecretFile" (printf "%s/forwarder-%d-signing-secret" $secretsDir $index) }}
+{{- end }}
+{{- $forwarders = append $forwarders $rendered }}
+{{- end }}
+{{- $config := dict
+  "ingest" $ingest
+  "buffer" $buffer
+  "metrics" (dict "host" "0.0.0.0" "port" .Values.metrics.port)
+  "logging" $c.logging
+  "shutdownGraceSeconds" $c.shutdownGraceSeconds
+  "auditLogForwarders" $forwarders }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* Pod annotations that roll the pods when the configuration or the chart's Secret changes. */}}
+{{- define "audit-forwarder.checksums" -}}
+checksum/config: {{ include "audit-forwarder.config" . | sha256sum }}
+checksum/secret: {{ include "audit-forwarder.secretData" . | sha256sum }}
+{{- end }}
