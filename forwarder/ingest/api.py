@@ -70,6 +70,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         reason = exc.reason.lower().replace(" ", "_")
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(exc.status, reason, exc.reason, **headers)
+    except ConnectionResetError as exc:
+        # The client hung up mid-request: nothing was stored, nobody to answer,
+        # and not our error. No traceback: it could quote the request's bytes.
+        log.info("ingest_client_disconnected", path=request.path, error=type(exc).__name__)
+        return error_response(
+            400, "malformed", "the connection closed before the body was complete"
+        )
     except Exception as exc:
         # A bug must cost one request a 500, never the listener; the log says which.
         log.error("handler_failed", path=request.path, error=type(exc).__name__, exc_info=exc)

@@ -20,8 +20,11 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
+from forwarder.ingest.api import build_ingest_app
 from tests.ingest.conftest import (
     GOOD_EVENT,
     JSON,
@@ -34,6 +37,7 @@ from tests.ingest.conftest import (
     chunks,
     event_of_size,
 )
+from tests.support import wait_for
 
 UUID_SHAPE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -675,3 +679,37 @@ async def test_concurrent_requests_share_group_commits_with_contiguous_seqs(
     with contextlib.closing(sqlite3.connect(ingest.buffer.path)) as conn:
         (transactions,) = conn.execute("SELECT count(*) FROM batches").fetchone()
     assert transactions < 50
+
+
+async def test_a_client_hanging_up_mid_body_is_logged_once_without_a_traceback(
+    ingest: Ingest,
+) -> None:
+    """A body cut short by the client stores nothing and logs one info line, no error or bytes."""
+    # The daemon's runner does not cancel handlers on disconnect (the test
+    # client's does), so serve the same app the daemon's way.
+    runner = web.AppRunner(build_ingest_app(ingest.context, "http"), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    marker = b'{"personal": "MARKER-IN-BODY"'
+    try:
+        with capture_logs() as logs:
+            _reader, writer = await asyncio.open_connection(host, port)
+            writer.write(
+                b"POST /v1/events HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + marker
+            )
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+            await wait_for(
+                lambda: any(e["event"] == "ingest_client_disconnected" for e in logs),
+                message="the disconnect to be logged",
+            )
+    finally:
+        await runner.cleanup()
+    assert ingest.rows() == []
+    assert [e for e in logs if e["log_level"] in ("error", "warning", "critical")] == []
+    assert "MARKER" not in repr(logs)
+    await ingest.assert_still_accepting()
