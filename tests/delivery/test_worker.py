@@ -2,82 +2,36 @@
 
 Only the backoff randomness (``rng``) is injected, so retries happen without
 waiting; receivers are real aiohttp servers on loopback, the buffer is a real
-file in ``tmp_path``, and metrics are read from a fresh registry per test.
-"""
+file in ``tmp_path``, and metrics are read from a fresh registry per test."""
 
 from __future__ import annotations
 
-import email.utils
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
 from forwarder.buffer.store import EventBuffer, EventRecord
-from forwarder.delivery.backoff import Backoff
 from forwarder.delivery.worker import DeliveryWorker
-from forwarder.destinations.options import RetryConfig
-from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.sending import (
     USER_AGENT,
-    OutgoingRequest,
-    parse_retry_after,
-    send_request,
 )
-from forwarder.errors import RetryableDeliveryError
-from forwarder.ingest.ids import IdGenerator
 from forwarder.metrics import Metrics
 from tests.conftest import ReceiverFactory
+from tests.delivery.workers import (
+    ATTEMPTS,
+    StartWorker,
+    append,
+    body,
+    committed_cursor,
+    full_jitter,
+    no_jitter,
+    sample,
+    webhook,
+)
 from tests.support import Reply, ScriptedReceiver, wait_for
-
-StartWorker = Callable[..., Awaitable[DeliveryWorker]]
-FAST_RETRY = RetryConfig(initial_backoff_seconds=0.01, max_backoff_seconds=0.05)
-ATTEMPTS = "audit_forwarder_delivery_attempts_total"
-
-
-def no_jitter() -> float:
-    """Backoff randomness that makes every jittered delay 0."""
-    return 0.0
-
-
-def full_jitter() -> float:
-    """Backoff randomness that makes every jittered delay its ceiling."""
-    return 1.0
-
-
-def webhook(receiver: ScriptedReceiver, name: str = "f", **options: Any) -> WebhookForwarderConfig:
-    """A forwarder spec posting to ``<receiver>/in`` with fast retries unless overridden."""
-    options.setdefault("retry", FAST_RETRY)
-    return WebhookForwarderConfig(name=name, kind="webhook", uri=receiver.url + "in", **options)
-
-
-def body(n: int) -> bytes:
-    """The stored bytes of event ``n``."""
-    return f'{{"n": {n}}}'.encode()
-
-
-_ids = IdGenerator()
-
-
-async def append(buffer: EventBuffer, *bodies: bytes) -> None:
-    """Append events with generated ids, as ingest does."""
-    await buffer.append([EventRecord(_ids.new(), "test.event", b, False) for b in bodies])
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    """A sample's value, 0 when the series does not exist (yet)."""
-    return registry.get_sample_value(name, labels) or 0.0
-
-
-async def committed_cursor(buffer: EventBuffer, name: str) -> int:
-    """The cursor once every ack queued so far has been committed."""
-    await buffer.execute([])  # queued behind any pending ack: they share or precede this commit
-    return buffer.cursor(name)
 
 
 async def dead_letters(buffer: EventBuffer) -> list[tuple[Any, ...]]:
@@ -85,45 +39,6 @@ async def dead_letters(buffer: EventBuffer) -> list[tuple[Any, ...]]:
     return await buffer.query(
         "SELECT forwarder, seq, status, code, response_body, body FROM dead_letters ORDER BY id"
     )
-
-
-@pytest.fixture
-async def buffer(tmp_path: Path) -> AsyncIterator[EventBuffer]:
-    """A real buffer with one forwarder, ``f``; closed at teardown."""
-    buffer = EventBuffer(tmp_path / "buffer.db")
-    await buffer.open(["f"])
-    yield buffer
-    await buffer.close()
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    """A fresh Prometheus registry."""
-    return CollectorRegistry()
-
-
-@pytest.fixture
-async def start_worker(
-    buffer: EventBuffer, registry: CollectorRegistry, make_receiver: ReceiverFactory
-) -> AsyncIterator[StartWorker]:
-    """Start real workers on ``buffer``; stopped before the buffer and receivers go away."""
-    metrics = Metrics(registry)
-    workers: list[DeliveryWorker] = []
-
-    async def start(
-        spec: WebhookForwarderConfig, rng: Callable[[], float] = no_jitter
-    ) -> DeliveryWorker:
-        worker = DeliveryWorker(spec, buffer, metrics, rng=rng)
-        workers.append(worker)
-        await worker.start()
-        return worker
-
-    yield start
-    for worker in workers:
-        await worker.stop(0)
-
-
-# -- the request --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -321,198 +236,6 @@ async def test_pending_and_oldest_age_while_failing_and_after_recovery(
 
 
 # -- Retry-After and backoff -------------------------------------------------------------
-
-NOW = 1_700_000_000.0
-
-
-def http_date(timestamp: float) -> str:
-    """``timestamp`` as an IMF-fixdate HTTP-date."""
-    return email.utils.format_datetime(datetime.fromtimestamp(timestamp, UTC), usegmt=True)
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("120", 120.0),
-        (" 7 ", 7.0),
-        ("0", 0.0),
-        (http_date(NOW + 30), 30.0),
-        (http_date(NOW - 30), 0.0),
-        ("soon", None),
-        ("-5", None),
-        ("1.5", None),
-        ("²", None),
-        ("", None),
-        (None, None),
-    ],
-    ids=[
-        "seconds",
-        "padded",
-        "zero",
-        "date",
-        "past-date",
-        "garbage",
-        "negative",
-        "fraction",
-        "superscript",
-        "empty",
-        "absent",
-    ],
-)
-def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    """Retry-After is delta-seconds or an HTTP-date (never negative); anything else is ignored."""
-    assert parse_retry_after(value, NOW) == expected
-
-
-def test_backoff_is_full_jitter_under_an_exponential_capped_ceiling() -> None:
-    """delay(n) = rng() * min(max, initial * 2**(n-1)), for any rng value in [0, 1]."""
-    policy = RetryConfig(initial_backoff_seconds=0.5, max_backoff_seconds=10.0)
-    ceilings = {1: 0.5, 2: 1.0, 3: 2.0, 4: 4.0, 5: 8.0, 6: 10.0, 7: 10.0, 1000: 10.0}
-    for n, ceiling in ceilings.items():
-        assert Backoff(policy, full_jitter).delay(n) == ceiling
-        assert Backoff(policy, no_jitter).delay(n) == 0.0
-        assert Backoff(policy, lambda: 0.25).delay(n) == 0.25 * ceiling
-
-
-def test_backoff_honours_retry_after_capped_at_max() -> None:
-    """A Retry-After replaces the jittered delay but never exceeds max_backoff_seconds."""
-    backoff = Backoff(RetryConfig(initial_backoff_seconds=1, max_backoff_seconds=60), no_jitter)
-    assert backoff.delay(1, retry_after=30.0) == 30.0
-    assert backoff.delay(5, retry_after=0.0) == 0.0
-    assert backoff.delay(1, retry_after=3600.0) == 60.0
-
-
-@pytest.mark.parametrize("header", ["Retry-After", "retry-after", "RETRY-AFTER"])
-async def test_send_request_reads_retry_after_in_any_case(
-    receiver: ScriptedReceiver, header: str
-) -> None:
-    """send_request classifies 429 as retryable and reads Retry-After whatever its case."""
-    receiver.respond(Reply(429, headers={header: "7"}, body=b"slow down"))
-    request = OutgoingRequest("POST", receiver.url + "in", {}, body(1))
-
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(RetryableDeliveryError) as raised:
-            await send_request(session, request, timeout_seconds=5)
-
-    assert (raised.value.code, raised.value.status) == ("429", 429)
-    assert raised.value.retry_after == 7.0
-    assert raised.value.body == b"slow down"
-
-
-async def test_retry_after_delays_the_retry(
-    buffer: EventBuffer,
-    receiver: ScriptedReceiver,
-    start_worker: StartWorker,
-) -> None:
-    """Retry-After: 1 holds the retry back a second although the jittered backoff would be 0."""
-    receiver.respond(Reply(503, headers={"Retry-After": "1"}))
-    await append(buffer, body(1))
-    started = time.monotonic()
-
-    await start_worker(webhook(receiver, retry=RetryConfig(max_backoff_seconds=30)))
-    await wait_for(lambda: len(receiver.delivered) == 1)
-
-    assert time.monotonic() - started >= 1.0
-    assert len(receiver.attempts) == 2
-
-
-@pytest.mark.parametrize("value", ["soon", "²"])
-async def test_unusable_retry_after_falls_back_to_backoff(
-    buffer: EventBuffer,
-    receiver: ScriptedReceiver,
-    start_worker: StartWorker,
-    registry: CollectorRegistry,
-    value: str,
-) -> None:
-    """A Retry-After that is neither seconds nor a date is ignored: plain backoff, then delivery."""
-    receiver.respond(Reply(503, headers={"Retry-After": value}))
-    await append(buffer, body(1))
-
-    worker = await start_worker(webhook(receiver))
-    await wait_for(lambda: len(receiver.delivered) == 1)
-
-    assert [r.body for r in receiver.attempts] == [body(1), body(1)]
-    assert sample(registry, ATTEMPTS, forwarder="f", outcome="retry", code="503") == 1
-    assert worker.task is not None
-    assert not worker.task.done()
-
-
-async def test_retry_after_beyond_max_backoff_is_capped(
-    buffer: EventBuffer,
-    receiver: ScriptedReceiver,
-    start_worker: StartWorker,
-) -> None:
-    """A Retry-After of an hour waits only max_backoff_seconds: the event is delivered promptly."""
-    receiver.respond(Reply(429, headers={"Retry-After": "3600"}))
-    await append(buffer, body(1))
-
-    await start_worker(webhook(receiver))  # max_backoff_seconds=0.05
-    await wait_for(lambda: len(receiver.delivered) == 1, timeout=10)
-
-    assert [r.body for r in receiver.attempts] == [body(1), body(1)]
-
-
-# -- stop ------------------------------------------------------------------------------
-
-
-async def test_stop_during_backoff_is_immediate_and_keeps_the_event_pending(
-    buffer: EventBuffer, receiver: ScriptedReceiver, start_worker: StartWorker
-) -> None:
-    """A worker waiting out a 30 s backoff stops at once; its event is not acknowledged."""
-    receiver.default = Reply(503)
-    await append(buffer, body(1))
-    slow_retry = RetryConfig(initial_backoff_seconds=30, max_backoff_seconds=30)
-    worker = await start_worker(webhook(receiver, retry=slow_retry), rng=full_jitter)
-    await wait_for(lambda: worker.status.consecutive_failures == 1)
-
-    started = time.monotonic()
-    finished = await worker.stop(grace_seconds=20)
-
-    assert finished is True
-    assert time.monotonic() - started < 5  # far below both the backoff and the grace
-    assert worker.task is not None
-    assert worker.task.done()
-    assert len(receiver.attempts) == 1
-    assert await committed_cursor(buffer, "f") == 0
-    assert [e.body for e in await buffer.read_after("f", 0, 10)] == [body(1)]
-
-
-async def test_stop_lets_an_in_flight_request_finish_within_grace(
-    buffer: EventBuffer, receiver: ScriptedReceiver, start_worker: StartWorker
-) -> None:
-    """A request in flight when stop() is called finishes, is acked, and nothing more is sent."""
-    receiver.default = Reply(200, delay=0.5)
-    await append(buffer, body(1), body(2))
-    worker = await start_worker(webhook(receiver))
-    await wait_for(lambda: len(receiver.attempts) == 1)
-
-    finished = await worker.stop(grace_seconds=10)
-
-    assert finished is True
-    assert [r.body for r in receiver.delivered] == [body(1)]
-    assert len(receiver.attempts) == 1
-    assert await committed_cursor(buffer, "f") == 1
-
-
-async def test_stop_cancels_a_request_slower_than_the_grace(
-    buffer: EventBuffer, receiver: ScriptedReceiver, start_worker: StartWorker
-) -> None:
-    """A request still in flight when the grace runs out is cancelled; its event stays pending."""
-    receiver.default = Reply(200, delay=10.0)
-    await append(buffer, body(1))
-    worker = await start_worker(webhook(receiver, timeout_seconds=30))
-    await wait_for(lambda: len(receiver.attempts) == 1)
-
-    finished = await worker.stop(grace_seconds=0.2)
-
-    assert finished is False
-    assert worker.task is not None
-    assert worker.task.cancelled()
-    assert receiver.delivered == []
-    assert await committed_cursor(buffer, "f") == 0
-
-
-# -- isolation ----------------------------------------------------------------------------
 
 
 async def test_a_failing_receiver_does_not_delay_another_forwarder(
