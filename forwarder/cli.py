@@ -4,8 +4,14 @@
 through its admin API (see ``ops/client.py``), found from the same configuration
 file; a daemon that does not answer is reported in one line, exit code 1.
 
+``buffer check`` and ``buffer salvage`` work on the configured buffer file
+itself, with or without a daemon (see ``ops/buffer_commands.py``).
+
 This is the only module that calls ``asyncio.run`` or exits the process.
-Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error.
+Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error,
+3 the buffer file cannot be used (damaged, foreign, written by a newer
+version, unreadable, or held by another daemon): a supervisor restarting the
+daemon cannot fix that, an operator can.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from urllib.parse import quote
 from forwarder import __version__
 from forwarder.config.loading import load_config
 from forwarder.config.settings import Settings
-from forwarder.errors import ConfigError, ForwarderError
+from forwarder.errors import BufferUnusableError, ConfigError, ForwarderError
 from forwarder.event_loop import event_loop_runner
 from forwarder.logs import configure_logging
 from forwarder.ops.client import (
@@ -37,7 +43,7 @@ from forwarder.ops.client import (
 )
 
 DEFAULT_CONFIG = "config.yaml"
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_BUFFER = 0, 1, 2, 3
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "purge":
             sub.add_argument("--all", action="store_true", help="purge every dead letter")
 
+    buffer = commands.add_parser("buffer", help="check or salvage the buffer file itself")
+    buffer_commands = buffer.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("check", "integrity check and summary (read-only; works beside a running daemon)"),
+        ("salvage", "move a damaged file aside and copy what is readable into a fresh one"),
+    ):
+        sub = buffer_commands.add_parser(action, help=text)
+        _add_config(sub)
+        _add_json(sub)
+
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -135,6 +151,9 @@ def _run(path: str) -> int:
 
     try:
         return event_loop_runner()(Daemon(settings, Path(path)).serve())
+    except BufferUnusableError as exc:
+        print(f"audit-forwarder: {exc}", file=sys.stderr)
+        return EXIT_BUFFER
     except ForwarderError as exc:
         print(f"audit-forwarder: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -226,6 +245,27 @@ def _operator_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _buffer_command(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return EXIT_CONFIG
+    from forwarder.ops.buffer_commands import USABLE, check_buffer, salvage_buffer
+
+    try:
+        if args.action == "check":
+            payload, text = check_buffer(settings)
+        else:
+            payload, text = salvage_buffer(settings)
+    except BufferUnusableError as exc:
+        print(f"audit-forwarder: {exc}", file=sys.stderr)
+        # Nothing there to salvage is a failed command, not an unusable buffer.
+        return EXIT_FAILURE if exc.kind == "missing" else EXIT_BUFFER
+    print(json.dumps(payload, indent=2) if args.json else text)
+    if args.action == "check" and payload["status"] not in USABLE:
+        return EXIT_BUFFER
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``audit-forwarder`` console script."""
     args = build_parser().parse_args(argv)
@@ -237,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _receiver(args.host, args.port, args.status)
     if args.command in ("status", "deliveries", "test", "send", "dead-letters"):
         return _operator_command(args)
+    if args.command == "buffer":
+        return _buffer_command(args)
     print(f"audit-forwarder {__version__}")
     return EXIT_OK
 

@@ -10,6 +10,7 @@ code handles our errors only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class ForwarderError(Exception):
@@ -59,6 +60,39 @@ class BufferUnavailableError(ForwarderError):
         self.message = message
         self.retry_after_seconds = retry_after_seconds
         super().__init__(message)
+
+
+class BufferUnusableError(ForwarderError):
+    """The buffer file cannot be used by this process, so nothing can be acknowledged.
+
+    Raised before the daemon accepts anything: a damaged, foreign or too-new
+    file, a path that is not a file, missing permissions, or another daemon
+    holding the file. ``kind`` is a stable label (``damaged``, ``foreign``,
+    ``too_new``, ``unreadable``, ``not_a_file``, ``missing``, ``locked``);
+    the message is one line saying what is wrong, with which file, and what to
+    do. The command line exits with its own code (3) for it.
+    """
+
+    def __init__(self, kind: str, path: Path | str, problem: str, remedy: str) -> None:
+        self.kind = kind
+        self.path = str(path)
+        self.problem = problem
+        self.remedy = remedy
+        super().__init__(f"buffer {path} {problem}: {remedy}")
+
+
+class BufferLockedError(BufferUnusableError):
+    """Another process holds the buffer's lock; ``holder_pid`` is its PID when known."""
+
+    def __init__(self, path: Path | str, lock_path: Path | str, holder_pid: int | None) -> None:
+        self.holder_pid = holder_pid
+        holder = f"PID {holder_pid}" if holder_pid is not None else "a process of unknown PID"
+        super().__init__(
+            "locked",
+            path,
+            f"is in use by another audit-forwarder ({holder}, lock {lock_path})",
+            "stop that process first, or give this one another buffer.path",
+        )
 
 
 class DeliveryError(ForwarderError):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from forwarder.errors import BufferUnusableError
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: events stored once; fan-out by one cursor per forwarder.
     """
@@ -104,25 +106,40 @@ SCHEMA_VERSION = len(MIGRATIONS)
 PAGE_SIZE = 16384
 
 
-class SchemaTooNewError(sqlite3.DatabaseError):
-    """The file was written by a newer audit-forwarder; refuse rather than corrupt it."""
+class SchemaTooNewError(BufferUnusableError, sqlite3.DatabaseError):
+    """The file was written by a newer audit-forwarder; refuse rather than corrupt it.
+
+    A :class:`BufferUnusableError` (one line, exit code 3 at the command line)
+    and still a ``sqlite3.DatabaseError`` for callers that catch SQLite's.
+    """
+
+    def __init__(self, path: str, version: int) -> None:
+        self.version = version
+        super().__init__(
+            "too_new",
+            path,
+            f"was written by a newer audit-forwarder (schema {version};"
+            f" this build reads up to {SCHEMA_VERSION})",
+            "run that version or a newer one, or move the file aside to start empty",
+        )
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the database to ``SCHEMA_VERSION``; return the version it had before.
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring the database to ``target`` (default: the newest); return the version it had before.
 
     Runs on a plain ``sqlite3`` connection (inside aiosqlite's thread) because
-    a migration is a short, one-off, synchronous piece of work.
+    a migration is a short, one-off, synchronous piece of work. ``buffer
+    salvage`` builds its fresh file at the damaged file's own version, which
+    the daemon then migrates like any other.
     """
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:
-        raise SchemaTooNewError(
-            f"buffer schema version {version} is newer than this build's {SCHEMA_VERSION}"
-        )
+        (_, _, path) = conn.execute("PRAGMA database_list").fetchone()
+        raise SchemaTooNewError(str(path), int(version))
     if version == 0:
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-    for number in range(version, SCHEMA_VERSION):
+    for number in range(version, target):
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in _statements(MIGRATIONS[number]):
@@ -138,3 +155,16 @@ def migrate(conn: sqlite3.Connection) -> int:
 def _statements(script: str) -> list[str]:
     # executescript() would COMMIT implicitly; split so the migration stays atomic.
     return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def tables_at(version: int) -> frozenset[str]:
+    """The tables a buffer file of schema ``version`` holds (built in memory, so never stale)."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for number in range(version):
+            for statement in _statements(MIGRATIONS[number]):
+                conn.execute(statement)
+        rows = conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'").fetchall()
+        return frozenset(str(name) for (name,) in rows)
+    finally:
+        conn.close()

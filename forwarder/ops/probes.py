@@ -3,6 +3,12 @@
 It starts first and stops last, so Kubernetes sees ``/readyz`` answer 503
 for the whole of startup and shutdown instead of connection refused, and
 ``/healthz`` keeps answering while the daemon drains.
+
+Both probes also fail once the buffer file was deleted or replaced under the
+running daemon (``storage_problem``): a query on the open connection still
+answers then, so "the database answers" alone would report a daemon that
+can no longer keep anything as healthy. Failing liveness gets it restarted
+onto a file that exists; failing readiness takes it out of a Service first.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ class ProbeState:
 
     metrics: Metrics
     ping_database: Callable[[], Awaitable[None]] | None = None
+    # What happened to the buffer file, if it is no longer the one opened (a stat, no query).
+    storage_problem: Callable[[], str | None] | None = None
     # The delivery process's part of the exposition, appended to ours.
     more_metrics: Callable[[], Awaitable[bytes]] | None = None
     ready: bool = False
@@ -44,8 +52,11 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the event loop runs and the database answers a query."""
+    """200 while the event loop runs, the buffer file is the one opened and answers a query."""
     state = request.app[PROBE_KEY]
+    problem = state.storage_problem() if state.storage_problem is not None else None
+    if problem is not None:
+        return web.json_response({"status": "unhealthy", "error": f"buffer: {problem}"}, status=503)
     if state.ping_database is not None:
         try:
             await asyncio.wait_for(state.ping_database(), HEALTH_TIMEOUT_SECONDS)
@@ -57,8 +68,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 once the database is open and every ingest listener is bound."""
+    """200 once the database is open and every ingest listener is bound, while the file is ours."""
     state = request.app[PROBE_KEY]
+    problem = state.storage_problem() if state.storage_problem is not None else None
+    if problem is not None:
+        body = {"ready": False, "phase": state.phase, "error": f"buffer: {problem}"}
+        return web.json_response(body, status=503)
     status = 200 if state.ready else 503
     return web.json_response({"ready": state.ready, "phase": state.phase}, status=status)
 
