@@ -49,6 +49,12 @@ COLUMNS = (
     "first_seq, last_seq, received_at, only_forwarder, event_types, event_ids, lengths, bodies"
 )
 INSERT = f"INSERT INTO batches ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# The bytes a row holds, as counted against buffer.maxBytes (see forwarder.buffer.holdings);
+# the same sum as row_bytes(). length() of a blob reads no overflow page.
+ROW_BYTES = (
+    "coalesce(length(only_forwarder), 0) + length(event_types) + coalesce(length(event_ids), 0)"
+    " + length(lengths) + length(bodies)"
+)
 # The batches holding one forwarder's events in (after, upto], by primary-key
 # range: from the batch containing after + 1 (the largest first_seq <= after + 1).
 # Parameters: after + 1, upto, after, forwarder.
@@ -142,6 +148,18 @@ def batch_row(
         orjson.dumps(ids) if any(ids) else None,
         orjson.dumps([len(record.body) for record in records]),
         b"".join([record.body for record in records]),
+    )
+
+
+def row_bytes(row: Sequence[Any]) -> int:
+    """The bytes a :func:`batch_row` holds: the same sum as :data:`ROW_BYTES` in SQL."""
+    _, _, _, only_forwarder, types, ids, lengths, bodies = row
+    return (
+        len(only_forwarder or "")
+        + len(types)
+        + (len(ids) if ids is not None else 0)
+        + len(lengths)
+        + len(bodies)
     )
 
 

@@ -20,13 +20,27 @@ transaction; what is known to be deleted is recorded only once it committed.
   else would cut the WAL. So a blocked checkpoint is retried by the idle
   writer each second, each time waiting at most ``TRUNCATE_WAIT_MS`` so that
   no commit is held up for long.
+* **WAL bound under load.** SQLite's automatic checkpoint (every 16 MiB of
+  WAL with 16 KiB pages) only copies frames back; the WAL starts over from
+  its beginning only when a writer finds it wholly copied and no reader on
+  it. The delivery process reads all the time under steady load, so that
+  moment can fail to come and the WAL grows without end (hundreds of MB in
+  a minute). So after a commit, at most every ``WAL_CHECK_SECONDS``, the
+  writer stats the WAL, and past ``WAL_MAX_BYTES`` (above what the automatic
+  checkpoint and a vacuum step leave, so it only acts when starved) it runs
+  the same TRUNCATE checkpoint: it waits at most ``TRUNCATE_WAIT_MS`` for the
+  reads in flight, since new readers then read the database file, not the
+  WAL. If a reader still holds an old snapshot, it tries again after
+  ``WAL_RETRY_SECONDS``.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiosqlite
 
@@ -42,6 +56,9 @@ VACUUM_MIN_FREE_BYTES = 4 * 1024 * 1024
 VACUUM_STEP_PAUSE = 0.2
 BUSY_TIMEOUT_MS = 5000
 TRUNCATE_WAIT_MS = 100
+WAL_MAX_BYTES = 48 * 1024 * 1024
+WAL_CHECK_SECONDS = 0.1
+WAL_RETRY_SECONDS = 1.0
 
 
 @dataclass
@@ -57,8 +74,11 @@ class Planned:
 class Cleanup:
     """The cleanup state of one buffer. Constructing it does no I/O."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], wal_path: Path) -> None:
         self._clock = clock
+        self._wal_path = wal_path
+        self._next_wal_check = 0.0
+        self._wal_over_bound = False  # a bound checkpoint found a reader in its way
         self.purged_upto = 0  # every batch ending at or below it is deleted
         self._blocked_below = 0  # the first batch left ends here: wait for the floor
         self._page_size = 4096
@@ -93,6 +113,20 @@ class Cleanup:
     def truncate_pending(self) -> bool:
         """Whether a checkpoint that cuts the WAL is still owed."""
         return self._truncate_pending
+
+    def wal_too_big(self) -> bool:
+        """Whether the WAL has passed ``WAL_MAX_BYTES`` (a stat, at most every 0.1 s).
+
+        A clock set back by more than a retry interval does not postpone the check.
+        """
+        now = self._clock()
+        if now < self._next_wal_check and self._next_wal_check - now <= WAL_RETRY_SECONDS:
+            return False
+        self._next_wal_check = now + WAL_CHECK_SECONDS
+        try:
+            return os.stat(self._wal_path).st_size > WAL_MAX_BYTES
+        except OSError:
+            return False
 
     # -- in the transaction --------------------------------------------------------
 
@@ -176,16 +210,38 @@ class Cleanup:
 
     async def truncate_wal(self, conn: aiosqlite.Connection) -> None:
         """Checkpoint and cut the WAL to zero; if a reader blocks it, try again later."""
+        busy = await self._checkpoint_truncate(conn)
+        if busy and not self._truncate_pending:
+            log.info("buffer_checkpoint_deferred", reason="a reader holds an older snapshot")
+        self._truncate_pending = busy
+
+    async def bound_wal(self, conn: aiosqlite.Connection) -> None:
+        """Cut a WAL that has passed ``WAL_MAX_BYTES``; if a reader blocks it, retry later."""
+        if not self.wal_too_big():
+            return
+        if await self._checkpoint_truncate(conn):
+            if not self._wal_over_bound:
+                log.info(
+                    "buffer_wal_over_bound",
+                    bound_bytes=WAL_MAX_BYTES,
+                    reason="a reader holds an older snapshot",
+                )
+            self._wal_over_bound = True
+            self._next_wal_check = self._clock() + WAL_RETRY_SECONDS
+            return
+        log.debug("buffer_wal_cut", bound_bytes=WAL_MAX_BYTES)
+        self._wal_over_bound = False
+        self._truncate_pending = False  # whoever owed a cut WAL, it is cut
+
+    async def _checkpoint_truncate(self, conn: aiosqlite.Connection) -> bool:
+        """A TRUNCATE checkpoint; whether a reader (or an error) kept it from finishing."""
         try:
             # Briefly: while it waits for readers, no group commit can start.
             await conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}")
             rows = await conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
-            busy = bool(next(iter(rows))[0])
+            return bool(next(iter(rows))[0])
         except sqlite3.Error as exc:
             log.warning("buffer_checkpoint_failed", error=str(exc))
-            busy = True
+            return True
         finally:
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if busy and not self._truncate_pending:
-            log.info("buffer_checkpoint_deferred", reason="a reader holds an older snapshot")
-        self._truncate_pending = busy

@@ -27,6 +27,10 @@ Design:
   delivered twice. Generated ids cannot collide and are not indexed.
 * **Replays** of dead letters are new rows with ``only_forwarder`` set: they
   go through the same ordered path without rewinding anyone's cursor.
+* **Backpressure** (``is_full``) compares ``buffer.maxBytes`` with what the
+  buffer holds — pending events, dead letters, history — counted in memory
+  as commits change it (``forwarder.buffer.holdings``), not with the file's
+  size, which the WAL and free pages inflate whatever is pending.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import aiosqlite
 
 from forwarder.buffer import batches
 from forwarder.buffer.batches import BatchReader, EventRecord, StoredEvent
+from forwarder.buffer.check import prepare, unusable_from_sqlite_error
 from forwarder.buffer.cleanup import BUSY_TIMEOUT_MS, PURGE_INTERVAL_SECONDS, Cleanup
 from forwarder.buffer.commits import (
     Append,
@@ -56,7 +61,8 @@ from forwarder.buffer.commits import (
     Register,
     Statements,
 )
-from forwarder.buffer.schema import migrate
+from forwarder.buffer.holdings import Holdings
+from forwarder.buffer.lock import BufferLock, FileWatch
 from forwarder.buffer.writes import write_group
 from forwarder.errors import BufferUnavailableError
 from forwarder.logs import get_logger
@@ -96,7 +102,8 @@ class EventBuffer:
         self._writer_task: asyncio.Task[None] | None = None
         self._accepting = False
         self._next_seq = 0
-        self._cleanup = Cleanup(clock)
+        self._cleanup = Cleanup(clock, Path(f"{path}-wal"))
+        self._holdings = Holdings()
         self._cursors: dict[str, int] = {}
         self._event_count = 0
         self._listeners: list[AppendListener] = []
@@ -105,40 +112,44 @@ class EventBuffer:
         self._instance = 0
         self._id_prefix = ""
         self._batch_reader = BatchReader(self.query, "")
-        self._size_checked_at = 0.0
-        self._size_seen = 0
+        # One daemon per file (lock.py); the daemon takes it before anything else.
+        self.lock = BufferLock(path)
+        self.file_watch = FileWatch(path)
 
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self, forwarder_names: Iterable[str]) -> None:
-        """Open (creating and migrating if needed) and register the forwarders."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (creating and migrating if needed) and register the forwarders.
+
+        Takes the lock first; a file that cannot be used (locked, damaged,
+        foreign, too new, unwritable) raises ``BufferUnusableError``.
+        """
+        self.lock.acquire()
         previous = await asyncio.to_thread(self._migrate)
         if previous != 0:
             log.info("buffer_opened", path=str(self.path), schema_from=previous)
-        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._writer.execute("PRAGMA journal_mode = WAL")
-        await self._writer.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
-        await self._writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        await self._writer.execute("PRAGMA cache_size = -2000")
-        # After a checkpoint the WAL file is cut back to this size instead of
-        # keeping its peak: buffer.maxBytes and buffer_bytes count it.
-        await self._writer.execute("PRAGMA journal_size_limit = 16777216")
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._reader.execute("PRAGMA query_only = 1")
-        await self._reader.execute("PRAGMA cache_size = -2000")
-        await self._load_state()
+        try:
+            self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._writer.execute("PRAGMA journal_mode = WAL")
+            await self._writer.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
+            await self._writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await self._writer.execute("PRAGMA cache_size = -2000")
+            # After a checkpoint the WAL file is cut back to this size instead of
+            # keeping its peak: audit_forwarder_buffer_bytes counts it.
+            await self._writer.execute("PRAGMA journal_size_limit = 16777216")
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._reader.execute("PRAGMA query_only = 1")
+            await self._reader.execute("PRAGMA cache_size = -2000")
+            await self._load_state()
+        except sqlite3.Error as exc:
+            raise unusable_from_sqlite_error(self.path, exc) from None
+        self.file_watch.start()
         self._accepting = True
         self._writer_task = asyncio.create_task(self._write_loop(), name="buffer-writer")
         await self.register_forwarders(forwarder_names)
 
     def _migrate(self) -> int:
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            conn.execute("PRAGMA busy_timeout = 5000")
-            return migrate(conn)
-        finally:
-            conn.close()
+        return prepare(self.path)
 
     async def _load_state(self) -> None:
         assert self._writer is not None
@@ -168,6 +179,7 @@ class EventBuffer:
         self._batch_reader = BatchReader(self.query, self._id_prefix)
         cursors = await self._writer.execute_fetchall("SELECT name, cursor FROM forwarders")
         self._cursors = {str(name): int(cursor) for name, cursor in cursors}
+        await self._holdings.load(self._writer, self.path, self._floor(), self._next_seq)
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer, checkpoint and close. Idempotent."""
@@ -186,6 +198,8 @@ class EventBuffer:
                 await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await self._writer.close()
             self._writer = None
+        self.file_watch.stop()
+        self.lock.release()
 
     @property
     def writer_task(self) -> asyncio.Task[None] | None:
@@ -213,17 +227,33 @@ class EventBuffer:
         return dict(self._cursors)
 
     def is_full(self, limit: int | None) -> bool:
-        """Whether the file (plus WAL) has reached ``limit`` bytes; stat at most every 50 ms."""
+        """Whether events held fill ``limit`` bytes (in memory: asked per request).
+
+        When delivery history is what fills it, history gives way instead
+        (see ``forwarder.buffer.holdings``) and this answers False.
+        """
         if limit is None:
             return False
-        now = time.monotonic()
-        if now - self._size_checked_at >= 0.05:
-            self._size_checked_at = now
-            self._size_seen = self.size_bytes()
-        return self._size_seen >= limit
+        full, make_room = self._holdings.refuses(limit)
+        if make_room:
+            self._wake_writer()
+        return full
+
+    def _wake_writer(self) -> None:
+        """Have the writer commit soon even if nothing else is queued (to make room)."""
+        if self._accepting:
+            self._queue.put_nowait(Statements([], {}, None))
+
+    def held_bytes(self) -> int:
+        """Bytes held: events not yet passed by every forwarder, dead letters, history."""
+        return self._holdings.total
+
+    def held_bytes_by_kind(self) -> dict[str, int]:
+        """:meth:`held_bytes` split into ``pending_events``, ``dead_letters``, ``history``."""
+        return self._holdings.by_kind()
 
     def size_bytes(self) -> int:
-        """Bytes on disk: the database file plus its WAL."""
+        """Bytes on disk: the database file plus its WAL (not what ``is_full`` compares)."""
         total = 0
         for suffix in ("", "-wal"):
             with contextlib.suppress(OSError):
@@ -256,6 +286,8 @@ class EventBuffer:
     def _submit(self, op: Op) -> None:
         if not self._accepting:
             raise BufferUnavailableError("shutting_down", "the buffer is not accepting writes")
+        if isinstance(op, Append) and (refusal := self.file_watch.refusal()) is not None:
+            raise refusal
         self._queue.put_nowait(op)
 
     async def append(
@@ -315,10 +347,13 @@ class EventBuffer:
             try:
                 first = await asyncio.wait_for(self._queue.get(), idle_wait)
             except TimeoutError:
+                self.file_watch.check()  # at least once a second when idle
                 if self._cleanup.due(self._floor()):
                     await self._commit_group(Group([]))
                 elif self._cleanup.truncate_pending and self._writer is not None:
                     await self._cleanup.truncate_wal(self._writer)
+                elif self._writer is not None:
+                    await self._cleanup.bound_wal(self._writer)
                 continue
             if first is None:
                 break
@@ -338,11 +373,12 @@ class EventBuffer:
     async def _commit_group(self, group: Group) -> None:
         conn = self._writer
         assert conn is not None
+        self._holdings.begin()
         try:
             await conn.execute("BEGIN IMMEDIATE")
             try:
                 now = self._clock()
-                await write_group(conn, group, self._cursors, self._next_seq, now)
+                appended = await write_group(conn, group, self._cursors, self._next_seq, now)
                 await self._maintain(conn, group, now)
                 await conn.execute("COMMIT")
             except BaseException:
@@ -355,11 +391,13 @@ class EventBuffer:
         except BaseException as exc:
             self._fail_group(group, exc)
             raise
-        self._apply_group(group)
+        self.file_watch.refuse_appends(group)  # before the appends are acknowledged
+        self._apply_group(group, appended)
         await self._cleanup.vacuum(conn, group.cleanup)
+        await self._cleanup.bound_wal(conn)
 
     async def _maintain(self, conn: aiosqlite.Connection, group: Group, now: float) -> None:
-        """Delete delivered batches and expired dedup ids; plan the next vacuum step."""
+        """Delete delivered batches, expired dedup ids and history giving way; plan a vacuum."""
         cursors = {n: c for n, c in self._cursors.items() if n not in group.removed}
         cursors.update(group.registered)
         for name, seq in group.acks.items():
@@ -367,6 +405,7 @@ class EventBuffer:
                 cursors[name] = max(cursors[name], seq)
         floor = min(cursors.values(), default=self._next_seq)
         group.cleanup = await self._cleanup.run(conn, floor, now)
+        await self._holdings.make_room(conn)
         if now - self._last_dedup_purge >= 60.0:
             await conn.execute(
                 "DELETE FROM client_ids WHERE received_at < ?", (now - self._dedup_window,)
@@ -386,7 +425,7 @@ class EventBuffer:
             if future is not None and not future.done():
                 future.set_exception(error)
 
-    def _apply_group(self, group: Group) -> None:
+    def _apply_group(self, group: Group, appended_bytes: int) -> None:
         for name in group.removed:
             self._cursors.pop(name, None)
         self._cursors.update(group.registered)
@@ -394,15 +433,19 @@ class EventBuffer:
             if name in self._cursors:
                 self._cursors[name] = max(self._cursors[name], seq)
         self._event_count -= self._cleanup.committed(group.cleanup)
+        if self._holdings.commit():
+            self._wake_writer()  # history is still giving way: keep going
         if group.parts:
             summary = AppendSummary.of(group.parts, group.received_at)
             self._event_count += summary.last_seq - self._next_seq
             self._next_seq = summary.last_seq
+            self._holdings.appended(summary.last_seq, appended_bytes)
             if self._listeners:
                 for listener in list(self._listeners):
                     listener(summary)
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
+        self._holdings.delivered(self._floor())
         results = iter(group.results)
         # A caller cancelled while waiting (client gone, drain timeout) has
         # cancelled its future; resolving that would kill the writer task.

@@ -27,20 +27,22 @@ async def write_group(
     cursors: Mapping[str, int],
     head_seq: int,
     now: float,
-) -> None:
+) -> int:
     """Write every operation of ``group`` inside the open transaction, in queue order.
 
     ``cursors`` and ``head_seq`` are the committed state before this group;
     what the group changes is collected in ``group`` and applied to memory only
-    after the commit.
+    after the commit. Returns the bytes of the batch rows it appended (what
+    the new events hold against ``buffer.maxBytes``).
     """
+    appended = 0
     for op in group.ops:
         if isinstance(op, Register):
             _write_registration_rows(op, group, cursors, head_seq)
             await _write_registration(conn, group, now)
     appends = [op for op in group.ops if isinstance(op, Append)]
     if appends:
-        await _write_appends(conn, appends, group, head_seq, now)
+        appended = await _write_appends(conn, appends, group, head_seq, now)
     for op in group.ops:
         if isinstance(op, Append):
             for sql, rows in op.statements:
@@ -55,6 +57,7 @@ async def write_group(
             "UPDATE forwarders SET cursor = ? WHERE name = ? AND cursor < ?",
             [(seq, name, seq) for name, seq in group.acks.items()],
         )
+    return appended
 
 
 def _write_registration_rows(
@@ -84,7 +87,7 @@ async def _write_registration(conn: aiosqlite.Connection, group: Group, now: flo
 
 async def _write_appends(
     conn: aiosqlite.Connection, appends: list[Append], group: Group, head_seq: int, now: float
-) -> None:
+) -> int:
     known = await _known_client_ids(conn, appends)
     client_rows: list[tuple[str, float]] = []
     kept: list[EventRecord] = []
@@ -113,6 +116,7 @@ async def _write_appends(
         await conn.executemany(
             "INSERT INTO client_ids (event_id, received_at) VALUES (?, ?)", client_rows
         )
+    return sum(batches.row_bytes(row) for row in rows)
 
 
 async def _known_client_ids(conn: aiosqlite.Connection, appends: list[Append]) -> set[str]:
