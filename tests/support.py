@@ -189,6 +189,8 @@ class DaemonProcess:
         self.config_path.write_text(yaml.safe_dump(config))
         self.config = config
         self.env = {**os.environ, **(env or {})}
+        # Run in the child before exec, e.g. to start it under a low open-files limit.
+        self.preexec_fn: Callable[[], None] | None = None
         self.log_path = tmp_path / "daemon.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.ingest_url = ""
@@ -205,6 +207,7 @@ class DaemonProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=self.env,
+                preexec_fn=self.preexec_fn,
             )
         probes = await wait_for(
             lambda: self._log_line("probes_listening"), timeout=20, message="probes_listening"

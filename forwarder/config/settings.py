@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from forwarder.destinations.options import Model as _Model
+from forwarder.destinations.webhook.auth import forwarder_secrets
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 
 ENV_PREFIX = "AUDIT_FORWARDER_"
@@ -55,6 +56,10 @@ class IngestConfig(_Model):
     token_file: Path | None = None
     max_request_bytes: PositiveInt = 10 * 1024 * 1024
     max_event_bytes: PositiveInt = 1024 * 1024
+    # Connection limits (see ingest/listeners.py). None: sized from the open-files limit.
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    idle_timeout_seconds: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 60.0
+    request_timeout_seconds: Annotated[float, Field(gt=0, le=3_600, allow_inf_nan=False)] = 15.0
 
     @model_validator(mode="after")
     def _some_listener(self) -> IngestConfig:
@@ -152,11 +157,17 @@ class Settings(BaseSettings):
         return [str(spec.name) for spec in self.audit_log_forwarders]
 
     def secrets(self) -> list[str]:
-        """Every secret value of this configuration, for log redaction."""
-        values = [self.ingest.token]
+        """Every secret value of this configuration, raw, for the masker of every output.
+
+        The ingest token, and per forwarder what :func:`forwarder_secrets`
+        finds: token, signing secret, a Basic password on its own, and
+        credentials in the URI or in well-known headers.
+        """
+        token = self.ingest.token
+        values = [token.get_secret_value()] if token is not None else []
         for spec in self.audit_log_forwarders:
-            values += [spec.token, spec.signing_secret]
-        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+            values += forwarder_secrets(spec)
+        return [value for value in dict.fromkeys(values) if value]
 
 
 def _camelize(value: Any) -> Any:
