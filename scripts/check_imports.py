@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
         "forwarder",
         "forwarder.errors",
         "forwarder.logs",
+        "forwarder.secrets",
         "forwarder.metrics",
         "forwarder.event_loop",
     },

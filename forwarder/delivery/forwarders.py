@@ -7,6 +7,12 @@ and stops them. It runs inside the delivery process; the daemon talks to it
 through ``delivery.process.DeliveryProcess``, which has the same shape, so
 the admin API does not care which process the workers live in.
 
+The test button's answer is the one place a receiver's reply reaches an
+operator without passing through the buffer, so the whole answer (response
+body, headers, error message, request) goes through the secret masker before
+it is returned, on top of the request's own masking (display URL, auth
+headers).
+
 A reload is two-phase (``prepare`` then ``finish``) because the cursors live
 in the daemon's writer: workers are retired first and their last
 acknowledgements committed, then the forwarder set is re-registered, and
@@ -27,13 +33,14 @@ import orjson
 from forwarder.buffer.store import StoredEvent
 from forwarder.delivery.ports import DeliveryBuffer
 from forwarder.delivery.worker import DeliveryWorker
+from forwarder.destinations.webhook.auth import SECRET_HEADERS
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.sending import OutgoingRequest, send_request
 from forwarder.errors import DeliveryError
 from forwarder.ingest.ids import IdGenerator
 from forwarder.metrics import Metrics
+from forwarder.secrets import masker
 
-SECRET_HEADERS = frozenset({"authorization", "dd-api-key", "x-api-key", "x-splunk-token"})
 FailureHandler = Callable[[str, BaseException | None], None]
 
 
@@ -204,7 +211,10 @@ class LocalForwarders:
         return [(w.name, w.status.pending, w.oldest_pending_age()) for w in self.workers.values()]
 
     async def test(self, name: str) -> dict[str, Any]:
-        """Send a synthetic event straight to ``name``'s receiver; return the invocation."""
+        """Send a synthetic event straight to ``name``'s receiver; the invocation, masked."""
+        return dict(masker.mask_value(await self._test(name)))
+
+    async def _test(self, name: str) -> dict[str, Any]:
         worker = self.workers.get(name)
         if worker is None:
             raise UnknownForwarderError(name)
@@ -224,7 +234,11 @@ class LocalForwarders:
             return result
         try:
             response = await send_request(
-                session, outgoing, worker.spec.timeout_seconds, worker.spec.response_validators
+                session,
+                outgoing,
+                worker.spec.timeout_seconds,
+                worker.spec.response_validators,
+                worker.spec.status_policy,
             )
         except DeliveryError as exc:
             if exc.status is not None:

@@ -7,6 +7,15 @@ History rows are queued with the next group commit and not awaited (losing
 one in a crash loses a record of an attempt, never an event); a dead letter
 is awaited, with the cursor ack in the same transaction, because the events
 must never leave the queue unrecorded.
+
+Receivers echo credentials (a 401 body quoting the ``Authorization`` header,
+an error message quoting the URL and its ``?token=``), and what is written
+here is shown later by the admin API and the CLI. So the response body, the
+error message and the dead-letter reason are masked (every wire form of
+every configured secret, see :mod:`forwarder.secrets`) *before* they reach
+the buffer: nothing unmasked is ever stored, so nothing reading the buffer
+has to remember to mask. The events themselves are stored as received: they
+are what a replay sends.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from forwarder.destinations.webhook.sending import RESPONSE_BODY_LIMIT, Response
 from forwarder.errors import BufferUnavailableError, DeliveryError
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics
+from forwarder.secrets import SecretMasker, masker
 
 log = get_logger("delivery")
 
@@ -53,8 +63,11 @@ class Outcomes:
         buffer: DeliveryBuffer,
         metrics: Metrics,
         clock: Callable[[], float],
+        *,
+        secret_masker: SecretMasker | None = None,
     ) -> None:
         self.name = name
+        self._masker = masker if secret_masker is None else secret_masker
         self.status = status
         self._buffer = buffer
         self._metrics = metrics
@@ -86,8 +99,8 @@ class Outcomes:
             code,
             status,
             round(elapsed * 1000, 3),
-            error,
-            body[:RESPONSE_BODY_LIMIT],
+            None if error is None else self._masker.mask(error),
+            self._masker.mask_bytes(body, RESPONSE_BODY_LIMIT),
         )
         self._buffer.submit([(INSERT_ATTEMPT, [row])])
         self._metrics.delivery_duration.labels(self.name).observe(elapsed)
@@ -145,6 +158,8 @@ class Outcomes:
         True when the worker is stopping instead.
         """
         now = self._clock()
+        reason = self._masker.mask(reason)
+        response_body = self._masker.mask_bytes(exc.body, RESPONSE_BODY_LIMIT)
         rows = [
             (
                 self.name,
@@ -156,7 +171,7 @@ class Outcomes:
                 exc.status,
                 exc.code,
                 reason,
-                exc.body[:RESPONSE_BODY_LIMIT],
+                response_body,
                 e.body,
             )
             for e in batch

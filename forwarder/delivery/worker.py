@@ -1,18 +1,24 @@
 """Delivery: one worker per forwarder, strictly in order, at least once.
 
 Each worker follows its forwarder's cursor through the buffer: it reads the
-next events after its cursor, sends them, and on a 2xx acknowledges by
-advancing the cursor (group-committed by the buffer's writer, not awaited:
-losing an ack in a crash only re-sends, which at-least-once allows). A failed
-attempt is classified in exactly one place (:func:`send_request`), which
-turns aiohttp's exceptions and HTTP statuses into our own errors:
+next events after its cursor, sends them, and on success (a 2xx, or a status
+``statusPolicy`` counts as success) acknowledges by advancing the cursor
+(group-committed by the buffer's writer, not awaited: losing an ack in a
+crash only re-sends, which at-least-once allows). A failed attempt is
+classified in exactly one place (:func:`send_request`, which also applies the
+forwarder's ``statusPolicy``), which turns aiohttp's exceptions and HTTP
+statuses into our own errors:
 
 * connection errors, timeouts, 408, 429 and 5xx → :class:`RetryableDeliveryError`:
   the *same* request is retried forever (or until the configured limits),
   with exponential backoff and full jitter, honouring ``Retry-After`` (capped
   at the maximum backoff so a hostile receiver cannot park a forwarder);
-* any other status → :class:`PermanentDeliveryError`: the events go to the
-  dead-letter table with the status and response body, and the worker moves on.
+* 400, 409, 413, 422 → :class:`RejectedContentError`: the receiver refused
+  something in the body, perhaps one poison event; the batch is bisected
+  (see below) so that only what is refused on its own is dead-lettered;
+* any other status → :class:`PermanentDeliveryError`: the request as such is
+  wrong (401, 403, 404, ...), so the whole batch goes to the dead-letter
+  table with the status and response body, and the worker moves on.
 
 Retrying the same request in place is what keeps per-forwarder order: nothing
 behind a failing batch is sent until it succeeds or is dead-lettered. Workers
@@ -22,11 +28,21 @@ forwarder or ingest.
 Batches: events the forwarder's filter refuses are skipped (their seqs are
 acknowledged with the next ack, so they never hold back the cleanup); the
 rest are grouped until ``batch.maxEvents``, ``batch.maxBytes`` of encoded body
-or ``batch.maxWaitMs`` is reached. A 413 answer splits a batch in halves that
-are delivered in order; a single event that still gets 413 is dead-lettered.
-``retry.maxAttempts`` / ``retry.maxAgeSeconds`` turn an endless retry into a
-dead letter. A disabled forwarder sends nothing and its cursor follows the
-head, so it never holds events (they are not delivered to it later).
+or ``batch.maxWaitMs`` is reached. ``retry.maxAttempts`` /
+``retry.maxAgeSeconds`` turn an endless retry into a dead letter. A disabled
+forwarder sends nothing and its cursor follows the head, so it never holds
+events (they are not delivered to it later).
+
+Bisection: a batch refused with a :class:`RejectedContentError` is split in
+halves, first half first; each half is a request of its own, retried with the
+same backoff and limits, and split again if refused again. An event refused
+alone is dead-lettered with the receiver's answer; everything else is
+delivered, in order, since nothing after a part is sent before the part is
+resolved. A batch of N events with k poison events costs at most about
+2·k·log2(N) extra requests; each split is an attempt with outcome ``retry``
+in the history and metrics and a ``batch_split`` log line. A receiver that
+refuses every event costs 2N-1 requests per batch: ``statusPolicy.deadLetter``
+naming the code turns bisection off.
 
 On stop, a request already in flight may finish within the grace period (its
 ack is then committed); a worker waiting in backoff stops at once, and its
@@ -43,7 +59,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from forwarder.buffer import batches
+from forwarder.buffer import batches, history
 from forwarder.buffer.store import AppendSummary, StoredEvent
 from forwarder.delivery.backoff import Backoff
 from forwarder.delivery.filters import EventFilter
@@ -51,7 +67,7 @@ from forwarder.delivery.outcomes import ForwarderStatus, Outcomes
 from forwarder.delivery.ports import DeliveryBuffer
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.requests import BuiltRequest, RequestBuilder
-from forwarder.destinations.webhook.sending import send_request
+from forwarder.destinations.webhook.sending import RejectedContentError, send_request
 from forwarder.destinations.webhook.transport import build_connector
 from forwarder.errors import (
     DeliveryError,
@@ -118,6 +134,11 @@ class DeliveryWorker:
                     self.status.oldest_pending_at = (
                         oldest if current is None else min(current, oldest)
                     )
+        # The last success outlives a restart in the history; new series start at 0.
+        found = await self._buffer.query(history.LAST_SUCCESS, (self.name,))
+        if found:
+            self.status.last_success_at = float(found[0][0])
+        self._metrics.add_forwarder(self.name, self.status.last_success_at)
         self._session = aiohttp.ClientSession(connector=build_connector(self.spec))
         self._task = asyncio.create_task(self._run(), name=f"deliver-{self.name}")
 
@@ -279,7 +300,7 @@ class DeliveryWorker:
             await self._wait_for_events(None)
 
     async def _deliver_in_parts(self, batch: list[StoredEvent], built: BuiltRequest) -> bool:
-        """Deliver ``batch`` (already built once), splitting on 413; False if stopped first."""
+        """Deliver ``batch`` (built once already), bisecting refused parts; False if stopped."""
         parts = [batch]
         while parts:
             part = parts.pop()
@@ -318,7 +339,11 @@ class DeliveryWorker:
             started = time.monotonic()
             try:
                 response = await send_request(
-                    self._session, request, self.spec.timeout_seconds, self.spec.response_validators
+                    self._session,
+                    request,
+                    self.spec.timeout_seconds,
+                    self.spec.response_validators,
+                    self.spec.status_policy,
                 )
             except RetryableDeliveryError as exc:
                 age = self._clock() - batch[0].received_at
@@ -336,10 +361,10 @@ class DeliveryWorker:
                     return None
                 continue
             except PermanentDeliveryError as exc:
-                if exc.status == 413 and len(batch) > 1:
+                if isinstance(exc, RejectedContentError) and len(batch) > 1:
                     self._outcomes.failure(exc, attempt, "retry")
                     self._outcomes.attempt(batch, attempt, "retry", exc, started)
-                    log.info("batch_split", forwarder=self.name, events=len(batch))
+                    log.info("batch_split", forwarder=self.name, status=exc.code, events=len(batch))
                     return "split"
                 self._outcomes.failure(exc, attempt, "dead_letter")
                 self._outcomes.attempt(batch, attempt, "dead_letter", exc, started)

@@ -56,6 +56,7 @@ from forwarder.delivery.forwarders import Forwarders, UnknownForwarderError, iso
 from forwarder.errors import IngestError
 from forwarder.ingest.api import check_token
 from forwarder.logs import get_logger
+from forwarder.secrets import masker
 
 log = get_logger("admin")
 
@@ -238,8 +239,11 @@ async def list_deliveries(request: web.Request, context: AdminContext) -> web.Re
             "code": code,
             "status": status,
             "duration_ms": duration_ms,
-            "error": error,
-            "response_body": bytes(body or b"").decode("utf-8", "replace"),
+            # Rows are masked before they are stored; masking again on the way
+            # out also covers rows written by a build that did not, and a
+            # secret that was added to the configuration later.
+            "error": masker.mask(error) if error else error,
+            "response_body": masker.mask(bytes(body or b"").decode("utf-8", "replace")),
         }
         for at, attempt, events, event_ids, outcome, code, status, duration_ms, error, body in rows
     ]
@@ -288,6 +292,11 @@ async def get_dead_letters(request: web.Request, context: AdminContext) -> web.R
     payload = await dead_letters.list_dead_letters(
         context.buffer, request.query.get("forwarder"), limit
     )
+    for letter in payload["dead_letters"]:
+        # As for deliveries: what the receiver said may echo a credential.
+        for key in ("reason", "response_body"):
+            if letter[key]:
+                letter[key] = masker.mask(letter[key])
     return _json(payload)
 
 

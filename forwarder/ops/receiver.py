@@ -3,7 +3,14 @@
 It exists for the quick start and for trying a configuration by hand: point a
 forwarder at it and watch what the destination would see. ``--status`` makes
 it answer something else than 200, to watch retries and dead letters.
-Secrets in ``Authorization`` are shown masked, never in full.
+
+Its output lands in terminals and CI logs, so credentials are never printed,
+not even in part: the value of every well-known credential header is shown
+as ``***`` (after its scheme: ``Bearer ***``), and so is the value of every
+well-known secret query parameter (``?token=***``), as the daemon's display
+URLs show them. The receiver has no configuration to learn other secrets
+from. Bodies are printed: showing what the destination would receive is the
+receiver's purpose.
 """
 
 from __future__ import annotations
@@ -17,22 +24,21 @@ from typing import TextIO
 
 from aiohttp import web
 
-MASKED_HEADERS = frozenset({"authorization", "dd-api-key", "x-api-key"})
+from forwarder.destinations.webhook.auth import SECRET_HEADERS, mask_url
+from forwarder.secrets import MASK
 
 
 def _mask(name: str, value: str) -> str:
-    if name.lower() not in MASKED_HEADERS:
+    if name.lower() not in SECRET_HEADERS:
         return value
-    scheme, _, secret = value.partition(" ")
-    if secret:
-        return f"{scheme} {secret[:3]}***"
-    return f"{value[:3]}***"
+    scheme, space, _ = value.partition(" ")
+    return f"{scheme} {MASK}" if space else MASK
 
 
 def format_delivery(method: str, path: str, headers: dict[str, str], body: bytes) -> str:
     """Render one delivery for a terminal."""
     stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
-    lines = [f"--- {stamp} {method} {path} ({len(body)} bytes)"]
+    lines = [f"--- {stamp} {method} {mask_url(path)} ({len(body)} bytes)"]
     lines += [f"  {name}: {_mask(name, value)}" for name, value in headers.items()]
     text = body.decode("utf-8", "replace")
     with contextlib.suppress(ValueError):

@@ -7,15 +7,19 @@ Fixtures are in ``conftest.py``; the checks that keep web pages out are in
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from forwarder.buffer.dead_letters import INSERT_DEAD_LETTER
+from forwarder.buffer.history import INSERT_ATTEMPT, pack_event_ids
 from forwarder.buffer.store import EventBuffer
 from forwarder.delivery.forwarders import describe_request
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.requests import RequestBuilder
 from forwarder.ops.admin import _is_local
+from forwarder.secrets import masker
 from tests.ops.conftest import Client
 from tests.support import stored_events
 
@@ -147,3 +151,60 @@ def test_invocation_data_masks_the_token_in_a_custom_auth_header() -> None:
     shown = describe_request(builder.build([], 0.0).request, builder.display_url, "X-Custom-Key")
     assert shown["headers"]["X-Custom-Key"] == "***"
     assert "H-SECRET" not in str(shown)
+
+
+async def test_rows_stored_unmasked_are_masked_on_the_way_out(
+    client: Client, buffer: EventBuffer
+) -> None:
+    """History and dead letters stored unmasked (an older build, a newer secret) never show it."""
+    secret = "OLD/ROW+SECRET=1"
+    await buffer.execute(
+        [
+            (
+                INSERT_ATTEMPT,
+                [
+                    (
+                        "siem",
+                        3.0,
+                        1,
+                        1,
+                        pack_event_ids(["e-1"]),
+                        "dead_letter",
+                        "401",
+                        401,
+                        1.0,
+                        f"bad {secret}",
+                        f"echo {secret}".encode(),
+                    )
+                ],
+            ),
+            (
+                INSERT_DEAD_LETTER,
+                [
+                    (
+                        "siem",
+                        9,
+                        "e-9",
+                        "a",
+                        1.0,
+                        2.0,
+                        401,
+                        "401",
+                        f"HTTP 401 {secret}",
+                        quote(secret, safe="").encode(),
+                        b'{"n":9}',
+                    )
+                ],
+            ),
+        ]
+    )
+    masker.update([secret])
+    try:
+        deliveries = await (await client.get("/v1/forwarders/siem/deliveries")).text()
+        letters = await (await client.get("/v1/dead-letters?forwarder=siem")).text()
+    finally:
+        masker.update([])
+    for answer in (deliveries, letters):
+        assert "SECRET" not in answer
+        assert "***" in answer
+    assert '"e-9"' in letters

@@ -22,6 +22,11 @@ Design decisions:
   of ``user:password@`` masked as ``***``. A secret in the *path* (Slack's
   ``/services/T00/B00/xxxx``) cannot be recognised; :func:`mask_url` masks any
   value the caller knows to be secret.
+* The masker of every output (:mod:`forwarder.secrets`) needs the raw secret
+  values; :func:`forwarder_secrets` lists those of one forwarder, including
+  the ones that are not ``SecretStr`` fields: the password of a Basic token
+  (a receiver may echo it alone), credentials pasted into the URI, and
+  well-known credential headers set under ``headers``.
 * :func:`check_token` returns a message instead of raising, so
   ``check-config`` can list it with the YAML path it knows and we do not. It
   runs on the resolved token (``tokenFile`` is read by ``config/loading.py``; this
@@ -33,11 +38,11 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
+from forwarder.secrets import MASK, SecretMasker
 
-MASK = "***"
 # Query parameters masked in display URLs whatever auth.type says: a token pasted
 # into the URI (Logz.io's ?token=, an ?api_key=, a pre-signed ?sig=) is still a secret.
 SECRET_QUERY_PARAMS = frozenset(
@@ -53,6 +58,11 @@ SECRET_QUERY_PARAMS = frozenset(
         "sig",
         "signature",
     }
+)
+
+# Headers whose values are credentials, whatever auth.type says: masked wherever shown.
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "dd-api-key", "x-api-key", "x-splunk-token"}
 )
 
 
@@ -92,8 +102,8 @@ def mask_url(url: str, secrets: Iterable[str] = (), *, params: Iterable[str] = (
     :data:`SECRET_QUERY_PARAMS` (case-insensitively), the password of
     ``user:password@`` (or the whole user part when it has no password: some
     services take the token as the user name), and then every occurrence of
-    each string in ``secrets``, as given or percent-encoded, anywhere in what
-    is left (a token in the path).
+    each string in ``secrets``, as given or in any encoding (see
+    :mod:`forwarder.secrets`), anywhere in what is left (a token in the path).
     """
     masked_names = SECRET_QUERY_PARAMS | {name.lower() for name in params}
     parts = urlsplit(url)
@@ -109,12 +119,39 @@ def mask_url(url: str, secrets: Iterable[str] = (), *, params: Iterable[str] = (
             pair = f"{raw_name}={MASK}"
         pairs.append(pair)
     masked = urlunsplit(parts._replace(netloc=netloc, query="&".join(pairs)))
-    for secret in secrets:
-        if not secret:
-            continue
-        for form in {secret, quote(secret, safe=""), quote(secret)}:
-            masked = masked.replace(form, MASK)
-    return masked
+    return SecretMasker(secrets).mask(masked)
+
+
+def _decoded(value: str) -> list[str]:
+    """A URI component decoded both ways a server may read it (``+`` as itself or a space)."""
+    return list(dict.fromkeys([unquote(value), unquote_plus(value)]))
+
+
+def forwarder_secrets(spec: WebhookForwarderConfig) -> list[str]:
+    """Every secret value ``spec``'s requests carry, as configured (not encoded), for masking."""
+    token = _token(spec)
+    values = [token or ""]
+    if token is not None and spec.auth.type == "basic":
+        values.append(token.partition(":")[2])
+    if spec.signing_secret is not None:
+        values.append(spec.signing_secret.get_secret_value())
+    parts = urlsplit(spec.uri)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at:
+        # As in mask_url: the password, or the whole user part when there is none.
+        user, colon, password = userinfo.partition(":")
+        values += _decoded(password if colon else user)
+    names = set(SECRET_QUERY_PARAMS)
+    if spec.auth.type == "query":
+        names.add(spec.auth.param.lower())
+    for pair in parts.query.split("&") if parts.query else []:
+        raw_name, equals, raw_value = pair.partition("=")
+        if equals and unquote_plus(raw_name).lower() in names:
+            values += _decoded(raw_value)
+    for name, value in spec.headers.items():
+        if name.lower() in SECRET_HEADERS:
+            values += [value, value.partition(" ")[2]]
+    return [value for value in dict.fromkeys(values) if value]
 
 
 def request_target(spec: WebhookForwarderConfig) -> RequestTarget:

@@ -5,18 +5,27 @@ Defaults keep Chainloop's behaviour exactly (one JSON event per request,
 opt-in. Cross-field rules are checked here so that a configuration that
 cannot work (a template that cannot produce JSON, a custom header that would
 override ``Authorization``, ``auth.type: basic`` with a token that is not
-``user:password``) fails ``check-config`` instead of failing deliveries.
+``user:password``, the same status code given two outcomes in ``statusPolicy``)
+fails ``check-config`` instead of failing deliveries.
+
+``statusPolicy`` is webhook-only (it maps HTTP statuses, which another kind of
+destination does not have), so it lives here rather than with the shared
+options. Its lookup tables are built once, when the configuration is loaded,
+so classifying an answer is two dict lookups.
 """
 
 from __future__ import annotations
 
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    BeforeValidator,
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -95,6 +104,79 @@ class ResponseValidator(Model):
     expected: list[Any] = Field(min_length=1)
 
 
+StatusVerdict = Literal["success", "retry", "dead_letter"]
+_RANGE = re.compile(r"^([2-5])xx$")
+
+
+def _status_rule(value: Any) -> int | str:
+    """A status code (100-599) or a range ``"2xx"``..``"5xx"``, normalised ("5XX" → "5xx")."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if _RANGE.match(text):
+            return text
+        if text.isascii() and text.isdigit():
+            value = int(text)
+    # bool is an int subclass: `- true` in YAML is a mistake, not status 1.
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 100 <= value <= 599:
+            raise ValueError(f"{value} is not a status code: codes are 100-599")
+        return value
+    # reprlib: a hostile value must not be echoed whole.
+    raise ValueError(
+        f"{reprlib.repr(value)} is not a status code (100-599) or a range (2xx, 3xx, 4xx, 5xx)"
+    )
+
+
+StatusRule = Annotated[int | str, BeforeValidator(_status_rule)]
+
+
+class StatusPolicy(Model):
+    """Which HTTP statuses mean delivered, retry or dead-letter, overriding the defaults.
+
+    Each list holds codes (``404``) and ranges (``"4xx"``). An explicit code
+    beats a range, and the policy beats the built-in classification; a
+    status the policy does not name is classified as usual. A code (or a
+    range) may be in one list only.
+    """
+
+    retry: list[StatusRule] = Field(default_factory=list)
+    dead_letter: list[StatusRule] = Field(default_factory=list)
+    success: list[StatusRule] = Field(default_factory=list)
+    _codes: dict[int, StatusVerdict] = PrivateAttr(default_factory=dict)
+    _ranges: dict[int, StatusVerdict] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_outcome_each(self) -> StatusPolicy:
+        seen: dict[int | str, str] = {}
+        lists = (("retry", self.retry), ("deadLetter", self.dead_letter), ("success", self.success))
+        for key, rules in lists:
+            for rule in rules:
+                other = seen.setdefault(rule, key)
+                if other != key:
+                    raise ValueError(
+                        f"{rule} is in both {other} and {key}: a status can have one outcome"
+                    )
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Build the lookup tables once (the model is immutable)."""
+        verdicts: tuple[tuple[StatusVerdict, list[int | str]], ...] = (
+            ("retry", self.retry),
+            ("dead_letter", self.dead_letter),
+            ("success", self.success),
+        )
+        for verdict, rules in verdicts:
+            for rule in rules:
+                if isinstance(rule, int):
+                    self._codes[rule] = verdict
+                else:
+                    self._ranges[int(rule[0])] = verdict
+
+    def verdict(self, status: int) -> StatusVerdict | None:
+        """What the policy says about ``status``; None when it does not name it."""
+        return self._codes.get(status) or self._ranges.get(status // 100)
+
+
 class WebhookForwarderConfig(Model):
     """One entry of ``auditLogForwarders``."""
 
@@ -121,6 +203,7 @@ class WebhookForwarderConfig(Model):
     compression: Literal["none", "gzip"] = "none"
     tls: TlsConfig = TlsConfig()
     response_validators: list[ResponseValidator] = Field(default_factory=list)
+    status_policy: StatusPolicy = StatusPolicy()
     deny_private_networks: bool = False
 
     @field_validator("method", mode="before")

@@ -1,10 +1,26 @@
 """Sending one request and classifying the answer: the only module that knows aiohttp's errors.
 
 ``send_request`` turns connection errors, timeouts and HTTP statuses into our
-own errors — :class:`RetryableDeliveryError` for connection errors, timeouts,
-408, 429, 5xx and a 2xx that fails the forwarder's response validators;
-:class:`PermanentDeliveryError` for any other status — so the delivery worker
-and the admin test button handle one error tree, not aiohttp's.
+own errors, so the delivery worker and the admin test button handle one error
+tree, not aiohttp's. The forwarder's ``statusPolicy`` is asked first: a status
+it names is delivered (``success``, even a 4xx), retried (``retry``, with
+``Retry-After`` honoured) or dead-lettered as is (``deadLetter``). Otherwise:
+
+* 2xx is delivered, unless it fails the response validators
+  (:class:`RetryableDeliveryError` ``invalid_response``);
+* connection errors, timeouts, 408, 429 and 5xx → :class:`RetryableDeliveryError`;
+* 400, 409, 413 and 422 → :class:`RejectedContentError`: the receiver refused
+  what the body carries (malformed, conflicting, too large or invalid), and
+  that may be one event of the batch, so the worker bisects the batch until
+  the refused events are alone;
+* any other status → :class:`PermanentDeliveryError`, for the whole request.
+  401, 403, 404, 405, 407, 410, 415, 3xx ... say that the request itself is
+  wrong (credentials, URL, method, media type), which no subset of the events
+  can fix: splitting would only multiply requests against a misconfigured
+  receiver.
+
+A ``deadLetter`` status never splits: the operator said that code means give
+up, and a policy that names 400 is also how to turn bisection off.
 """
 
 from __future__ import annotations
@@ -22,13 +38,25 @@ import aiohttp
 import orjson
 
 from forwarder import __version__
-from forwarder.destinations.webhook.options import ResponseValidator
+from forwarder.destinations.webhook.options import ResponseValidator, StatusPolicy
 from forwarder.errors import PermanentDeliveryError, RetryableDeliveryError
+from forwarder.secrets import masker
 
 USER_AGENT = f"audit-forwarder/{__version__.split('.')[0]}.0"
 RESPONSE_BODY_LIMIT = 4096
 VALIDATED_BODY_LIMIT = 1024 * 1024  # validators need the whole JSON answer
 RETRYABLE_STATUSES = frozenset({408, 429})
+# Statuses that refuse the content, which may be one event of a batch: bisect.
+SPLIT_STATUSES = frozenset({400, 409, 413, 422})
+NO_POLICY = StatusPolicy()
+
+
+class RejectedContentError(PermanentDeliveryError):
+    """The receiver refused what the body carries (400, 409, 413, 422), not the request.
+
+    Sending the same body again cannot succeed, but a part of it may: the
+    worker splits a batch that gets this until the refused events are alone.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +159,15 @@ async def send_request(
     request: OutgoingRequest,
     timeout_seconds: float,
     validators: Sequence[ResponseValidator] = (),
+    policy: StatusPolicy = NO_POLICY,
 ) -> Response:
-    """Send one request; return the 2xx answer or raise a DeliveryError.
+    """Send one request; return the delivered answer or raise a DeliveryError.
 
     This is the only place that knows about aiohttp's exceptions. With
     ``validators``, a 2xx whose JSON body does not match is a retryable
-    ``invalid_response`` failure (Apono's response validators).
+    ``invalid_response`` failure (Apono's response validators). ``policy``
+    (the forwarder's ``statusPolicy``) overrides the classification of the
+    statuses it names.
     """
     started = time.monotonic()
     try:
@@ -158,19 +189,27 @@ async def send_request(
     except TimeoutError:
         raise RetryableDeliveryError("timeout", f"no answer within {timeout_seconds:g} s") from None
     except aiohttp.ClientError as exc:
-        raise RetryableDeliveryError("connection_error", f"{type(exc).__name__}: {exc}") from None
+        # aiohttp's messages may quote the URL, query token included (ClientResponseError).
+        message = masker.mask(f"{type(exc).__name__}: {exc}")
+        raise RetryableDeliveryError("connection_error", message) from None
     duration = time.monotonic() - started
-    if 200 <= status < 300:
-        problem = validation_problem(body, validators) if validators else None
+    verdict = policy.verdict(status)
+    is_2xx = 200 <= status < 300
+    if verdict == "success" or (verdict is None and is_2xx):
+        # Validators judge a 2xx body; a 4xx the policy counts as success carries an error document.
+        problem = validation_problem(body, validators) if validators and is_2xx else None
         if problem is not None:
             raise RetryableDeliveryError(
                 "invalid_response", problem, status=status, body=body[:RESPONSE_BODY_LIMIT]
             )
         return Response(status, headers, body[:RESPONSE_BODY_LIMIT], duration)
-    message = f"HTTP {status}"
-    if status in RETRYABLE_STATUSES or status >= 500:
+    body = body[:RESPONSE_BODY_LIMIT]
+    message = f"HTTP {status}" if verdict is None else f"HTTP {status} (statusPolicy)"
+    if verdict == "retry" or (verdict is None and (status in RETRYABLE_STATUSES or status >= 500)):
         retry_after = parse_retry_after(retry_after_value, time.time())
         raise RetryableDeliveryError(
             str(status), message, status=status, body=body, retry_after=retry_after
         )
+    if verdict is None and status in SPLIT_STATUSES:
+        raise RejectedContentError(str(status), message, status=status, body=body)
     raise PermanentDeliveryError(str(status), message, status=status, body=body)

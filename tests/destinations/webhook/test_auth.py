@@ -8,7 +8,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from forwarder.destinations.webhook.auth import check_token, mask_url, request_target
+from forwarder.destinations.webhook.auth import (
+    check_token,
+    forwarder_secrets,
+    mask_url,
+    request_target,
+)
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from tests.support import Received, ScriptedReceiver
 
@@ -140,6 +145,24 @@ def test_mask_url_masks_known_secrets_anywhere() -> None:
     )
     assert mask_url("https://h.example.com/a%2Fb/c", ["a/b"]) == "https://h.example.com/***/c"
     assert mask_url("https://h.example.com/x", [""]) == "https://h.example.com/x"
+
+
+def test_mask_url_masks_a_secret_in_any_mix_of_escapes() -> None:
+    """A path secret with some characters escaped and others not (yarl's way) is masked."""
+    masked = mask_url("https://h.example.com/hook/a/b%2Bc%3dd/x", ["a/b+c=d"])
+    assert masked == "https://h.example.com/hook/***/x"
+
+
+def test_forwarder_secrets_include_what_is_not_a_secret_field() -> None:
+    """Besides token and signing secret: a Basic password alone, URI credentials, key headers."""
+    basic = spec(token="svc:pa/ss", auth={"type": "basic"}, signingSecret="whsec_c2VjcmV0")
+    assert forwarder_secrets(basic) == ["svc:pa/ss", "pa/ss", "whsec_c2VjcmV0"]
+    in_uri = spec(
+        uri="https://bob:hun%2Fter2@h.example.com/p?api_key=k+1&n=1&code=c9",
+        headers={"X-API-Key": "hdr-key", "X-Trace": "not-secret"},
+        auth={"type": "query", "param": "code"},
+    )
+    assert forwarder_secrets(in_uri) == ["hun/ter2", "k+1", "k 1", "c9", "hdr-key"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,337 @@
+"""Poison events in batches, and statusPolicy, against real receivers and a real buffer.
+
+A receiver refuses the batches that carry a poison event; the worker must
+bisect them until each refused event is alone, dead-letter only those, and
+deliver everything else in order. Receivers are real aiohttp servers on
+loopback scripted per request, the buffer is a real SQLite file, metrics come
+from a fresh registry; only the backoff randomness is injected (to 0), so
+retries do not wait.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from forwarder.buffer.store import EventBuffer, EventRecord
+from forwarder.delivery.worker import DeliveryWorker
+from forwarder.destinations.options import RetryConfig
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
+from forwarder.ingest.ids import IdGenerator
+from forwarder.metrics import Metrics
+from tests.conftest import ReceiverFactory
+from tests.support import Reply, ScriptedReceiver, wait_for
+
+StartWorker = Callable[..., Awaitable[DeliveryWorker]]
+Decide = Callable[[web.Request], Awaitable[Reply]]
+FAST_RETRY = RetryConfig(initial_backoff_seconds=0.01, max_backoff_seconds=0.05)
+ATTEMPTS = "audit_forwarder_delivery_attempts_total"
+DELIVERED = "audit_forwarder_events_delivered_total"
+DEAD = "audit_forwarder_events_dead_lettered_total"
+# 16 poison events among 800: first and last of a batch, neighbours across a
+# batch boundary, four in a row, and lone ones.
+POISON = frozenset({0, 49, 50, 51, 100, 101, 102, 103, 260, 333, 399, 400, 555, 612, 700, 799})
+# Nine events, one batch: only 49 is poison.
+MIXED = (2, 3, 4, 5, 6, 49, 7, 8, 9)
+
+_ids = IdGenerator()
+
+
+def no_jitter() -> float:
+    """Backoff randomness that makes every jittered delay 0."""
+    return 0.0
+
+
+def event(n: int) -> bytes:
+    """The stored bytes of event ``n``; poison when ``n`` is in ``POISON``."""
+    return json.dumps({"n": n, **({"poison": True} if n in POISON else {})}).encode()
+
+
+async def append_events(buffer: EventBuffer, numbers: Iterable[int]) -> None:
+    """Append events ``numbers`` in one commit, as one ingest request would."""
+    await buffer.append([EventRecord(_ids.new(), "test.event", event(n), False) for n in numbers])
+
+
+def webhook(receiver: ScriptedReceiver, **options: Any) -> WebhookForwarderConfig:
+    """A forwarder ``f`` posting to ``<receiver>/in`` with fast retries unless overridden."""
+    options.setdefault("retry", FAST_RETRY)
+    return WebhookForwarderConfig(name="f", kind="webhook", uri=receiver.url + "in", **options)
+
+
+def refuse_poison(status: int = 400) -> Decide:
+    """A receiver decision: ``status`` naming the first poison event of a batch, else 200."""
+
+    async def decide(request: web.Request) -> Reply:
+        numbers = [e["n"] for e in json.loads(await request.read()) if e.get("poison")]
+        if numbers:
+            return Reply(status, body=f"refused n={numbers[0]}".encode())
+        return Reply(200)
+
+    return decide
+
+
+def delivered_numbers(receiver: ScriptedReceiver) -> list[int]:
+    """The ``n`` of every delivered event, in the order the receiver accepted them."""
+    return [e["n"] for batch in receiver.events() for e in batch]
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """A sample's value, 0 when the series does not exist (yet)."""
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def resolved(registry: CollectorRegistry) -> float:
+    """How many events ``f`` has delivered or dead-lettered."""
+    return sample(registry, DELIVERED, forwarder="f") + sample(registry, DEAD, forwarder="f")
+
+
+async def dead_letters(buffer: EventBuffer) -> list[tuple[int, str, str, bytes, int]]:
+    """(status, code, reason, response body, n) of every dead letter, oldest first."""
+    rows = await buffer.query(
+        "SELECT status, code, reason, response_body, body FROM dead_letters ORDER BY id"
+    )
+    return [
+        (status, code, reason, bytes(answer), json.loads(body)["n"])
+        for status, code, reason, answer, body in rows
+    ]
+
+
+async def committed_cursor(buffer: EventBuffer) -> int:
+    """The cursor of ``f`` once every ack queued so far has been committed."""
+    await buffer.execute([])  # queued behind any pending ack: they share or precede this commit
+    return buffer.cursor("f")
+
+
+@pytest.fixture
+async def buffer(tmp_path: Path) -> AsyncIterator[EventBuffer]:
+    """A real buffer with one forwarder, ``f``; closed at teardown."""
+    buffer = EventBuffer(tmp_path / "buffer.db")
+    await buffer.open(["f"])
+    yield buffer
+    await buffer.close()
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    """A fresh Prometheus registry."""
+    return CollectorRegistry()
+
+
+@pytest.fixture
+async def start_worker(
+    buffer: EventBuffer, registry: CollectorRegistry, make_receiver: ReceiverFactory
+) -> AsyncIterator[StartWorker]:
+    """Start real workers on ``buffer``; stopped before the buffer and receivers go away."""
+    metrics = Metrics(registry)
+    workers: list[DeliveryWorker] = []
+
+    async def start(spec: WebhookForwarderConfig) -> DeliveryWorker:
+        worker = DeliveryWorker(spec, buffer, metrics, rng=no_jitter)
+        workers.append(worker)
+        await worker.start()
+        return worker
+
+    yield start
+    for worker in workers:
+        await worker.stop(0)
+
+
+# -- bisection ---------------------------------------------------------------------------
+
+
+async def test_only_the_16_poison_events_of_800_are_dead_lettered_the_rest_arrive_in_order(
+    buffer: EventBuffer,
+    receiver: ScriptedReceiver,
+    start_worker: StartWorker,
+    registry: CollectorRegistry,
+) -> None:
+    """Batches of 50 refused with 400 are bisected: 16 dead letters, 784 delivered in order."""
+    receiver.decide = refuse_poison(400)
+    await append_events(buffer, range(800))
+
+    with capture_logs() as logs:
+        await start_worker(webhook(receiver, batch={"maxEvents": 50}))
+        await wait_for(lambda: resolved(registry) == 800, timeout=60, message="800 resolved")
+
+    assert sample(registry, DEAD, forwarder="f") == 16
+    assert delivered_numbers(receiver) == [n for n in range(800) if n not in POISON]
+    assert await dead_letters(buffer) == [
+        (400, "400", "HTTP 400", f"refused n={n}".encode(), n) for n in sorted(POISON)
+    ]
+    assert await committed_cursor(buffer) == 800
+    # The work is bounded: 16 batches, plus at most two halves per refused part, and a
+    # poison event is in at most one refused part per level of the bisection.
+    assert len(receiver.attempts) <= 16 + 2 * len(POISON) * math.ceil(math.log2(50))
+    splits = [entry for entry in logs if entry["event"] == "batch_split"]
+    assert splits
+    assert all(entry["status"] == "400" for entry in splits)
+    assert sample(registry, ATTEMPTS, forwarder="f", outcome="retry", code="400") == len(splits)
+    history = await buffer.query(
+        "SELECT outcome, count(*) FROM delivery_attempts WHERE code = '400'"
+        " GROUP BY outcome ORDER BY outcome"
+    )
+    assert history == [("dead_letter", 16), ("retry", len(splits))]
+
+
+@pytest.mark.parametrize("status", [400, 409, 413, 422])
+async def test_statuses_refusing_the_content_split_down_to_the_refused_event(
+    buffer: EventBuffer,
+    receiver: ScriptedReceiver,
+    start_worker: StartWorker,
+    registry: CollectorRegistry,
+    status: int,
+) -> None:
+    """400, 409, 413 and 422 on a batch bisect it; only the refused event is dead-lettered."""
+    receiver.decide = refuse_poison(status)
+    await append_events(buffer, MIXED)
+
+    await start_worker(webhook(receiver, batch={"maxEvents": 9}))
+    await wait_for(lambda: resolved(registry) == 9)
+
+    assert delivered_numbers(receiver) == list(range(2, 10))
+    assert await dead_letters(buffer) == [
+        (status, str(status), f"HTTP {status}", b"refused n=49", 49)
+    ]
+    assert await committed_cursor(buffer) == 9
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405, 407, 410, 415])
+async def test_statuses_refusing_the_request_dead_letter_the_batch_without_splitting(
+    buffer: EventBuffer,
+    receiver: ScriptedReceiver,
+    start_worker: StartWorker,
+    registry: CollectorRegistry,
+    status: int,
+) -> None:
+    """Auth, URL, method and media-type refusals dead-letter the whole batch in one request."""
+    receiver.respond(Reply(status, body=b"no"))
+    await append_events(buffer, range(1, 21))
+
+    await start_worker(webhook(receiver, batch={"maxEvents": 10}))
+    await wait_for(lambda: sample(registry, DELIVERED, forwarder="f") == 10)
+
+    assert len(receiver.attempts) == 2
+    assert [n for *_, n in await dead_letters(buffer)] == list(range(1, 11))
+    assert delivered_numbers(receiver) == list(range(11, 21))
+    assert sample(registry, ATTEMPTS, forwarder="f", outcome="retry", code=str(status)) == 0
+
+
+async def test_a_half_that_gets_a_5xx_is_retried_with_backoff_and_order_is_kept(
+    buffer: EventBuffer,
+    receiver: ScriptedReceiver,
+    start_worker: StartWorker,
+    registry: CollectorRegistry,
+) -> None:
+    """After a split, a 503 on the first half retries that half; nothing behind it goes first."""
+    refuse = refuse_poison(400)
+    answered: list[int] = []
+
+    async def decide(request: web.Request) -> Reply:
+        answered.append(len(json.loads(await request.read())))
+        if len(answered) == 2:  # the first half, right after the split
+            return Reply(503, body=b"busy")
+        return await refuse(request)
+
+    receiver.decide = decide
+    await append_events(buffer, MIXED)
+
+    await start_worker(webhook(receiver, batch={"maxEvents": 9}))
+    await wait_for(lambda: resolved(registry) == 9)
+
+    assert answered[:3] == [9, 4, 4]  # the whole batch, its first half, that half again
+    assert delivered_numbers(receiver) == list(range(2, 10))
+    assert [n for *_, n in await dead_letters(buffer)] == [49]
+    assert sample(registry, ATTEMPTS, forwarder="f", outcome="retry", code="503") == 1
+
+
+# -- statusPolicy ------------------------------------------------------------------------
+
+
+async def test_policy_retry_makes_a_400_retried_in_place_honouring_retry_after(
+    buffer: EventBuffer,
+    receiver: ScriptedReceiver,
+    start_worker: StartWorker,
+    registry: CollectorRegistry,
+) -> None:
+    """statusPolicy.retry: [400] resends the same batch after Retry-After instead of splitting."""
+    receiver.respond(Reply(400, headers={"Retry-After": "1"}, body=b"later"))
+    await append_events(buffer, range(2, 6))
+    started = time.monotonic()
+
+    await start_worker(
+        webhook(
+            receiver,
+            batch={"maxEvents": 4},
+            retry=RetryConfig(initial_backoff_seconds=0.01, max_backoff_seconds=30),
+            status_policy={"retry": [400]},
+        )
+    )
+    await wait_for(lambda: sample(registry, DELIVERED, forwarder="f") == 4)
+
+    assert time.monotonic() - started >= 1.0
+    assert [r.body for r in receiver.attempts] == [receiver.attempts[0].body] * 2
+    assert delivered_numbers(receiver) == [2, 3, 4, 5]
+    assert sample(registry, ATTEMPTS, forwarder="f", outcome="retry", code="400") == 1
+    assert await dead_letters(buffer) == []
+
+
+@pytest.mark.parametrize("status", [503, 400])
+async def test_policy_dead_letter_gives_up_on_the_whole_batch_at_once(
+    buffer: EventBuffer,
+    receiver: ScriptedReceiver,
+    start_worker: StartWorker,
+    registry: CollectorRegistry,
+    status: int,
+) -> None:
+    """statusPolicy.deadLetter: a 503 is not retried and a 400 does not split: one request."""
+    receiver.respond(Reply(status, body=b"give up"))
+    await append_events(buffer, range(2, 10))
+
+    await start_worker(
+        webhook(receiver, batch={"maxEvents": 4}, status_policy={"deadLetter": [status]})
+    )
+    await wait_for(lambda: sample(registry, DELIVERED, forwarder="f") == 4)
+
+    assert len(receiver.attempts) == 2
+    reason = f"HTTP {status} (statusPolicy)"
+    assert await dead_letters(buffer) == [
+        (status, str(status), reason, b"give up", n) for n in range(2, 6)
+    ]
+    assert delivered_numbers(receiver) == [6, 7, 8, 9]
+    assert sample(registry, ATTEMPTS, forwarder="f", outcome="dead_letter", code=str(status)) == 1
+
+
+async def test_policy_success_counts_a_404_as_delivered_without_validating_its_body(
+    buffer: EventBuffer,
+    receiver: ScriptedReceiver,
+    start_worker: StartWorker,
+    registry: CollectorRegistry,
+) -> None:
+    """statusPolicy.success: [404] acknowledges the batch; validators only judge 2xx bodies."""
+    receiver.respond(Reply(404, body=b"not found"))
+    await append_events(buffer, range(2, 6))
+
+    await start_worker(
+        webhook(
+            receiver,
+            batch={"maxEvents": 2},
+            status_policy={"success": [404]},
+            response_validators=[{"jsonPath": "$.ok", "expected": [True]}],
+        )
+    )
+    await wait_for(lambda: sample(registry, DELIVERED, forwarder="f") == 4)
+
+    assert len(receiver.attempts) == 2
+    assert sample(registry, ATTEMPTS, forwarder="f", outcome="success", code="404") == 1
+    assert sample(registry, ATTEMPTS, forwarder="f", outcome="success", code="200") == 1
+    assert await dead_letters(buffer) == []
+    assert await committed_cursor(buffer) == 4
