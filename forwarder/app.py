@@ -22,11 +22,8 @@ restarts us.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import socket
-import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -41,8 +38,10 @@ from forwarder.config.settings import Settings
 from forwarder.delivery.process import DeliveryProcess
 from forwarder.errors import ForwarderError
 from forwarder.ingest.api import IngestContext, build_ingest_app
+from forwarder.ingest.connections import ConnectionGauges
+from forwarder.ingest.listeners import Listeners, raise_open_files_limit
 from forwarder.logs import configure_logging, get_logger, redactor
-from forwarder.metrics import BufferGauges, Metrics, counter_total
+from forwarder.metrics import BufferGauges, Metrics, ProcessMetrics, counter_total
 from forwarder.ops.admin import AdminContext, add_admin_routes
 from forwarder.ops.probes import ProbeState, build_probe_app
 
@@ -75,7 +74,10 @@ class Daemon:
             self.delivery.gauges,
         )
         self.probes = ProbeState(
-            self.metrics, ping_database=self.buffer.ping, more_metrics=self.delivery.exposition
+            self.metrics,
+            ping_database=self.buffer.ping,
+            storage_problem=self.buffer.file_watch.check,
+            more_metrics=self.delivery.exposition,
         )
         self.ingest = IngestContext(
             self.buffer,
@@ -84,8 +86,10 @@ class Daemon:
             max_buffer_bytes=settings.buffer.max_bytes,
         )
         self.admin = AdminContext(self.delivery, self.buffer, self._ingest_token)
-        self._ingest_runners: list[web.AppRunner] = []
-        self._probe_runner: web.AppRunner | None = None
+        self._ingest_listeners = Listeners.for_ingest(
+            settings.ingest, settings.shutdown_grace_seconds
+        )
+        self._probe_listeners = Listeners.for_probes()
         self._stop_requested = asyncio.Event()
         self._failure: str | None = None
         self._started_at = 0.0
@@ -98,10 +102,20 @@ class Daemon:
         """Bring everything up; raise StartupError (after cleaning up) on failure."""
         self._started_at = time.monotonic()
         try:
+            # The buffer's lock before anything binds: a second daemon on the same
+            # file is refused naming the first one's PID, not a port in use.
+            self.buffer.lock.acquire()
+            raise_open_files_limit()
             await self._start_probes()
             await self.buffer.open(self.settings.forwarder_names())
             self._supervise(self.buffer.writer_task, "buffer-writer")
-            self.metrics.attach(BufferGauges(self.buffer_event_count, self.buffer.size_bytes))
+            self.metrics.attach(
+                BufferGauges(
+                    self.buffer_event_count, self.buffer.size_bytes, self.buffer.held_bytes_by_kind
+                )
+            )
+            processes = {"daemon": os.getpid, "delivery": lambda: self.delivery.pid}
+            self.metrics.attach(ProcessMetrics(processes))
             await self.delivery.start()
             self.housekeeper.start()
             self._supervise(self.housekeeper.task, "housekeeping")
@@ -131,51 +145,35 @@ class Daemon:
         )
 
     async def _start_probes(self) -> None:
-        runner = web.AppRunner(build_probe_app(self.probes), access_log=None)
-        await runner.setup()
-        self._probe_runner = runner
         cfg = self.settings.metrics
-        await web.TCPSite(runner, cfg.host, cfg.port).start()
+        await self._probe_listeners.serve_tcp(build_probe_app(self.probes), cfg.host, cfg.port)
         log.info("probes_listening", metrics=self.metrics_addresses)
 
     async def _start_ingest(self) -> list[str]:
         cfg = self.settings.ingest
-        addresses: list[str] = []
+        listeners = self._ingest_listeners
+        self.metrics.attach(ConnectionGauges(listeners.stats))
         if cfg.port is not None:
-            runner = await self._ingest_runner("http")
-            await web.TCPSite(runner, cfg.host, cfg.port).start()
-            addresses += [_format_address(a) for a in runner.addresses]
+            await listeners.serve_tcp(self._ingest_app("http"), cfg.host, cfg.port)
         if cfg.unix_socket is not None:
-            path = cfg.unix_socket
-            _claim_socket_path(path)
-            runner = await self._ingest_runner("unix")
-            await web.UnixSite(runner, str(path)).start()
-            os.chmod(path, 0o660)
-            addresses.append(f"unix:{path}")
-        return addresses
+            await listeners.serve_unix(self._ingest_app("unix"), cfg.unix_socket)
+        return listeners.addresses
 
-    async def _ingest_runner(self, transport: str) -> web.AppRunner:
+    def _ingest_app(self, transport: str) -> web.Application:
         app = build_ingest_app(self.ingest, transport)
+        self.metrics.add_transport(transport)
         add_admin_routes(app, self.admin, transport)
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            shutdown_timeout=self.settings.shutdown_grace_seconds,
-        )
-        await runner.setup()
-        self._ingest_runners.append(runner)
-        return runner
+        return app
 
     @property
     def metrics_addresses(self) -> list[str]:
         """Where the probes listener is bound."""
-        runner = self._probe_runner
-        return [_format_address(a) for a in runner.addresses] if runner else []
+        return self._probe_listeners.addresses
 
     @property
     def ingest_addresses(self) -> list[str]:
         """Where the ingest listeners are bound."""
-        return [_format_address(a) for r in self._ingest_runners for a in r.addresses]
+        return self._ingest_listeners.addresses
 
     # -- reload ----------------------------------------------------------------
 
@@ -187,6 +185,21 @@ class Daemon:
                 ("ingest.host", self._bound.ingest.host, new.ingest.host),
                 ("ingest.port", self._bound.ingest.port, new.ingest.port),
                 ("ingest.unixSocket", self._bound.ingest.unix_socket, new.ingest.unix_socket),
+                (
+                    "ingest.maxConnections",
+                    self._bound.ingest.max_connections,
+                    new.ingest.max_connections,
+                ),
+                (
+                    "ingest.idleTimeoutSeconds",
+                    self._bound.ingest.idle_timeout_seconds,
+                    new.ingest.idle_timeout_seconds,
+                ),
+                (
+                    "ingest.requestTimeoutSeconds",
+                    self._bound.ingest.request_timeout_seconds,
+                    new.ingest.request_timeout_seconds,
+                ),
                 ("metrics.host", self._bound.metrics.host, new.metrics.host),
                 ("metrics.port", self._bound.metrics.port, new.metrics.port),
                 ("buffer.path", self._bound.buffer.path, new.buffer.path),
@@ -278,21 +291,14 @@ class Daemon:
         self.probes.phase = "stopping"
         self.ingest.accepting = False
         await self.reloader.stop()
-        for runner in self._ingest_runners:
-            await runner.cleanup()
-        self._ingest_runners.clear()
-        if self._bound.ingest.unix_socket is not None:
-            with contextlib.suppress(OSError):
-                _remove_socket(self._bound.ingest.unix_socket)
+        await self._ingest_listeners.close()
         grace = self.settings.shutdown_grace_seconds
         summary = await self.delivery.stop(grace)
         if summary.get("unfinished"):
             log.warning("deliveries_cancelled", workers=summary["unfinished"], grace_seconds=grace)
         await self.housekeeper.stop()
         await self.buffer.close()
-        if self._probe_runner is not None:
-            await self._probe_runner.cleanup()
-            self._probe_runner = None
+        await self._probe_listeners.close()
         if self._started_at:
             log.info(
                 "daemon_stopped",
@@ -304,35 +310,3 @@ class Daemon:
                 failure=self._failure,
             )
             self._started_at = 0.0
-
-
-def _format_address(address: Any) -> str:
-    if isinstance(address, tuple):
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"unix:{address}"
-
-
-def _claim_socket_path(path: Path) -> None:
-    """Remove a stale socket file left by a crash; refuse if a daemon answers on it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise StartupError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()
-        return
-    finally:
-        probe.close()
-    raise StartupError(f"{path} is in use by another process")
-
-
-def _remove_socket(path: Path) -> None:
-    if stat.S_ISSOCK(path.stat().st_mode):
-        path.unlink()

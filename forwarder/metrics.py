@@ -9,6 +9,21 @@ exposition with no family twice. Counters and histograms are updated where
 things happen; gauges that describe the buffer are computed at scrape time
 from state the daemon already holds in memory (cursors, counts, the oldest
 pending event each worker knows about), so a scrape never scans a table.
+
+Every labelled series an alert may ask about exists from the start, at 0:
+each rejection reason, each bound transport, and each configured forwarder's
+counters and histograms (created when its worker starts, so also after a
+reload adds it). ``increase()`` needs two samples, and a series that is born
+at 1 with the first dead letter has only one: without the 0 before it, the
+first dead letter after a start would never alert. A forwarder removed by a
+reload keeps its series until the process ends, the convention for a
+process's counters (they stop moving; a restart clears them).
+``delivery_attempts_total`` is the exception: its ``code`` label is whatever
+the receiver answers, so its series appear with their first attempt.
+
+The standard ``process_*`` metrics cover both processes, each series labelled
+``process="daemon"`` or ``"delivery"``: the daemon reads its child's
+``/proc/<pid>`` as it reads its own, so each family is exposed once.
 """
 
 from __future__ import annotations
@@ -16,7 +31,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 from prometheus_client import (
@@ -24,6 +39,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -37,14 +53,38 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 AGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+# Every ``reason`` ingest counts a refusal under (IngestError and BufferUnavailableError
+# reasons raised on the ingest path), so that each series exists from the start.
+REJECTION_REASONS = (
+    "malformed",
+    "too_large",
+    "unauthorized",
+    "unsupported_media_type",
+    "buffer_full",
+    "storage_error",
+    "shutting_down",
+)
+RELOAD_RESULTS = ("success", "failure")
 
 
 class BufferGauges(Collector):
-    """What the buffer holds, read at scrape time from the daemon's memory and a stat."""
+    """What the buffer holds, read at scrape time from the daemon's memory and a stat.
 
-    def __init__(self, buffer_events: Callable[[], int], buffer_bytes: Callable[[], int]) -> None:
+    Two sizes, because they answer different questions: ``buffer_held_bytes``
+    is what ``buffer.maxBytes`` is compared with, by ``kind``
+    (``pending_events`` and ``dead_letters`` fill it for ingest, ``history``
+    gives way to them), ``buffer_bytes`` is the disk the file and its WAL take.
+    """
+
+    def __init__(
+        self,
+        buffer_events: Callable[[], int],
+        buffer_bytes: Callable[[], int],
+        held_bytes: Callable[[], Mapping[str, int]],
+    ) -> None:
         self._buffer_events = buffer_events
         self._buffer_bytes = buffer_bytes
+        self._held_bytes = held_bytes
 
     def collect(self) -> Iterable[Metric]:
         """Yield the gauge families (called by the registry on every scrape)."""
@@ -57,7 +97,15 @@ class BufferGauges(Collector):
             "Bytes the buffer occupies on disk now (database file plus WAL).",
         )
         size.add_metric([], self._buffer_bytes())
-        return [events, size]
+        held = GaugeMetricFamily(
+            "audit_forwarder_buffer_held_bytes",
+            "Bytes the buffer holds now, summed against buffer.maxBytes, by kind: events not"
+            " yet delivered to every forwarder, dead letters, delivery history.",
+            labels=["kind"],
+        )
+        for kind, held_bytes in self._held_bytes().items():
+            held.add_metric([kind], held_bytes)
+        return [events, size, held]
 
 
 class ForwarderGauges(Collector):
@@ -142,6 +190,50 @@ class CountedHistogram(Collector):
             family.add_metric([label], buckets, total)
         return [family]
 
+    def touch(self, label: str) -> None:
+        """Create the series ``label`` with no observations, so it is exposed at 0."""
+        with self._lock:
+            if label not in self._series:
+                self._series[label] = ([0] * len(self._bounds), [0.0])
+
+
+class ProcessMetrics(Collector):
+    """prometheus_client's ``process_*`` metrics of several processes, labelled ``process``.
+
+    ``processes`` maps a label value to a function returning the pid (None
+    while there is no such process: its series are then left out). Each
+    family is exposed once with a series per process, rather than one
+    unlabelled family per process, which would be the same series twice.
+    """
+
+    def __init__(self, processes: Mapping[str, Callable[[], int | None]]) -> None:
+        self._processes = processes
+
+    def collect(self) -> Iterable[Metric]:
+        """Read each process's ``/proc/<pid>`` and merge the families (on every scrape)."""
+        merged: dict[str, Metric] = {}
+        for process, pid_of in self._processes.items():
+            pid = pid_of()
+            if pid is None:
+                continue
+            for family in _read_process(pid):
+                into = merged.get(family.name)
+                if into is None:
+                    into = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type
+                    )
+                for sample in family.samples:
+                    into.add_sample(
+                        sample.name, {**sample.labels, "process": process}, sample.value
+                    )
+        return list(merged.values())
+
+
+def _read_process(pid: int) -> Iterable[Metric]:
+    # A collector per read costs one short read of /proc/stat (its boot time).
+    # A process that has gone, or a platform without /proc, yields nothing.
+    return ProcessCollector(pid=lambda: pid, registry=None).collect()
+
 
 class Metrics:
     """Every collector of the daemon; those of ``part`` are registered on ``registry``."""
@@ -152,7 +244,13 @@ class Metrics:
         delivery = self.registry if part in ("all", "delivery") else None
         self.events_received = Counter(
             "audit_forwarder_events_received",
-            "Events accepted into the buffer.",
+            "Events stored in the buffer (duplicates are counted apart).",
+            ["transport"],
+            registry=ingest,
+        )
+        self.events_duplicate = Counter(
+            "audit_forwarder_events_duplicate",
+            "Events answered 202 but not stored again: their id is already in the buffer.",
             ["transport"],
             registry=ingest,
         )
@@ -162,6 +260,8 @@ class Metrics:
             ["reason"],
             registry=ingest,
         )
+        for reason in REJECTION_REASONS:
+            self.events_rejected.labels(reason=reason)
         self.events_delivered = Counter(
             "audit_forwarder_events_delivered",
             "Events delivered with a 2xx answer.",
@@ -206,10 +306,31 @@ class Metrics:
             ["result"],
             registry=ingest,
         )
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result=result)
         self.build_info = Gauge(
             "audit_forwarder_build_info", "Build information.", ["version"], registry=ingest
         )
         self.build_info.labels(version=__version__).set(1)
+
+    def add_transport(self, transport: str) -> None:
+        """Expose the ingest counters of a bound listener (``http``, ``unix``) at 0."""
+        self.events_received.labels(transport=transport)
+        self.events_duplicate.labels(transport=transport)
+
+    def add_forwarder(self, name: str, last_success_at: float | None) -> None:
+        """Expose every series of forwarder ``name`` (at 0 when new; kept when it exists).
+
+        ``last_success_at`` is the last success known from the delivery
+        history; the gauge stays 0 ("never") without one.
+        """
+        self.events_delivered.labels(name)
+        self.events_dead_lettered.labels(name)
+        self.delivery_duration.labels(name)
+        self.ingest_to_delivery.touch(name)
+        last_success = self.last_success.labels(name)
+        if last_success_at is not None:
+            last_success.set(last_success_at)
 
     def attach(self, collector: Collector) -> None:
         """Register a scrape-time collector (once the state it reads exists)."""

@@ -22,6 +22,13 @@ INSERT_ATTEMPT = (
     " outcome, code, status, duration_ms, error, response_body)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# When a forwarder's newest successful attempt ended (its start plus its
+# duration), for a worker to restore after a restart. The (forwarder, id)
+# index walks back from the newest row and stops at the first success.
+LAST_SUCCESS = (
+    "SELECT attempted_at + duration_ms / 1000.0 FROM delivery_attempts"
+    " WHERE forwarder = ? AND outcome = 'success' ORDER BY id DESC LIMIT 1"
+)
 
 
 def pack_event_ids(event_ids: Sequence[str]) -> bytes:

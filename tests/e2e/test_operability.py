@@ -130,7 +130,7 @@ async def test_metrics_match_real_successes_failures_timeouts_and_dead_letters(
     duration = "audit_forwarder_delivery_duration_seconds_count"
     assert value(samples, duration, forwarder="flaky") == 6  # every attempt is timed
     assert value(samples, duration, forwarder="slow") == 6
-    assert value(samples, "audit_forwarder_events_delivered_total", forwarder="bad") is None
+    assert value(samples, "audit_forwarder_events_delivered_total", forwarder="bad") == 0
     assert value(samples, "audit_forwarder_pending_events", forwarder="bad") == 0
     assert value(samples, "audit_forwarder_build_info", version=__version__) == 1
     assert value(samples, "audit_forwarder_buffer_bytes") > 0  # type: ignore[operator]
