@@ -133,3 +133,23 @@ class Group:
     registered: dict[str, int] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
     cleanup: Planned = field(default_factory=Planned)
+
+    def fail(self, error: BaseException) -> None:
+        """Fail every waiting operation of a group that did not commit."""
+        for op in self.ops:
+            future = op.future
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+    def resolve(self) -> None:
+        """Answer every waiting operation of a committed group (appends with their result)."""
+        results = iter(self.results)
+        # A caller cancelled while waiting (client gone, drain timeout) has
+        # cancelled its future; resolving that would kill the writer task.
+        for op in self.ops:
+            if isinstance(op, Append):
+                result = next(results)
+                if not op.future.done():
+                    op.future.set_result(result)
+            elif op.future is not None and not op.future.done():
+                op.future.set_result(None)

@@ -31,6 +31,13 @@ Design:
   buffer holds — pending events, dead letters, history — counted in memory
   as commits change it (``forwarder.buffer.holdings``), not with the file's
   size, which the WAL and free pages inflate whatever is pending.
+
+Slightly past the house style's ~400 lines on purpose: what remains is the
+one object whose in-memory state (head, cursors, counts, holdings) changes
+only in the writer task after ``COMMIT``, and every method here reads or
+changes that state. Everything that could leave has left: the SQL of a
+commit (``writes``), opening and resuming (``opening``), cleanup, holdings,
+the lock and the file watch.
 """
 
 from __future__ import annotations
@@ -38,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -50,7 +56,7 @@ import aiosqlite
 from forwarder.buffer import batches
 from forwarder.buffer.batches import BatchReader, EventRecord, StoredEvent
 from forwarder.buffer.check import prepare, unusable_from_sqlite_error
-from forwarder.buffer.cleanup import BUSY_TIMEOUT_MS, PURGE_INTERVAL_SECONDS, Cleanup
+from forwarder.buffer.cleanup import PURGE_INTERVAL_SECONDS, Cleanup
 from forwarder.buffer.commits import (
     Append,
     AppendListener,
@@ -63,6 +69,7 @@ from forwarder.buffer.commits import (
 )
 from forwarder.buffer.holdings import Holdings
 from forwarder.buffer.lock import BufferLock, FileWatch
+from forwarder.buffer.opening import connect_reader, connect_writer, read_state
 from forwarder.buffer.writes import write_group
 from forwarder.errors import BufferUnavailableError
 from forwarder.logs import get_logger
@@ -129,17 +136,8 @@ class EventBuffer:
         if previous != 0:
             log.info("buffer_opened", path=str(self.path), schema_from=previous)
         try:
-            self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._writer.execute("PRAGMA journal_mode = WAL")
-            await self._writer.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
-            await self._writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await self._writer.execute("PRAGMA cache_size = -2000")
-            # After a checkpoint the WAL file is cut back to this size instead of
-            # keeping its peak: audit_forwarder_buffer_bytes counts it.
-            await self._writer.execute("PRAGMA journal_size_limit = 16777216")
-            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._reader.execute("PRAGMA query_only = 1")
-            await self._reader.execute("PRAGMA cache_size = -2000")
+            self._writer = await connect_writer(self.path, self._synchronous)
+            self._reader = await connect_reader(self.path)
             await self._load_state()
         except sqlite3.Error as exc:
             raise unusable_from_sqlite_error(self.path, exc) from None
@@ -153,32 +151,14 @@ class EventBuffer:
 
     async def _load_state(self) -> None:
         assert self._writer is not None
-        page_size = await self._writer.execute_fetchall("PRAGMA page_size")
-        rows = await self._writer.execute_fetchall(
-            "SELECT (SELECT value FROM meta WHERE key = 'high_water_seq'),"
-            " max(last_seq), min(first_seq), sum(last_seq - first_seq + 1) FROM batches"
-        )
-        high_water, max_seq, min_seq, count = next(iter(rows))
-        self._next_seq = max(high_water or 0, max_seq or 0)
-        self._cleanup.load(
-            (min_seq - 1) if min_seq is not None else self._next_seq,
-            int(next(iter(page_size))[0]),
-        )
-        self._event_count = int(count or 0)
-        instance = await self._writer.execute_fetchall(
-            "SELECT value FROM meta WHERE key = 'instance'"
-        )
-        if instance:
-            self._instance = int(next(iter(instance))[0])
-        else:
-            self._instance = secrets.randbits(63)
-            await self._writer.execute(
-                "INSERT INTO meta (key, value) VALUES ('instance', ?)", (self._instance,)
-            )
+        state = await read_state(self._writer)
+        self._next_seq = state.head_seq
+        self._cleanup.load(state.purged_upto, state.page_size)
+        self._event_count = state.event_count
+        self._instance = state.instance
         self._id_prefix = batches.id_prefix(self._instance)
         self._batch_reader = BatchReader(self.query, self._id_prefix)
-        cursors = await self._writer.execute_fetchall("SELECT name, cursor FROM forwarders")
-        self._cursors = {str(name): int(cursor) for name, cursor in cursors}
+        self._cursors = state.cursors
         await self._holdings.load(self._writer, self.path, self._floor(), self._next_seq)
 
     async def close(self) -> None:
@@ -414,16 +394,14 @@ class EventBuffer:
 
     def _fail_group(self, group: Group, exc: BaseException) -> None:
         full = isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
-        error = BufferUnavailableError(
-            "buffer_full" if full else "storage_error",
-            "the buffer's disk is full" if full else "the buffer could not commit",
-            retry_after_seconds=5,
-        )
         log.error("buffer_commit_failed", error=str(exc), ops=len(group.ops))
-        for op in group.ops:
-            future = op.future
-            if future is not None and not future.done():
-                future.set_exception(error)
+        group.fail(
+            BufferUnavailableError(
+                "buffer_full" if full else "storage_error",
+                "the buffer's disk is full" if full else "the buffer could not commit",
+                retry_after_seconds=5,
+            )
+        )
 
     def _apply_group(self, group: Group, appended_bytes: int) -> None:
         for name in group.removed:
@@ -446,16 +424,7 @@ class EventBuffer:
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
         self._holdings.delivered(self._floor())
-        results = iter(group.results)
-        # A caller cancelled while waiting (client gone, drain timeout) has
-        # cancelled its future; resolving that would kill the writer task.
-        for op in group.ops:
-            if isinstance(op, Append):
-                result = next(results)
-                if not op.future.done():
-                    op.future.set_result(result)
-            elif op.future is not None and not op.future.done():
-                op.future.set_result(None)
+        group.resolve()
 
     # -- reads -----------------------------------------------------------------
 
