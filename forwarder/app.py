@@ -49,7 +49,7 @@ log = get_logger("daemon")
 
 
 class StartupError(ForwarderError):
-    """The daemon could not start (a port in use, a socket path taken, ...)."""
+    """The daemon could not start: a port in use, or another OS-level refusal while binding."""
 
 
 class Daemon:
