@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
 from aiohttp import web
@@ -23,17 +21,12 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from forwarder.buffer.store import EventBuffer, EventRecord
-from forwarder.delivery.worker import DeliveryWorker
 from forwarder.destinations.options import RetryConfig
-from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.ingest.ids import IdGenerator
-from forwarder.metrics import Metrics
-from tests.conftest import ReceiverFactory
+from tests.delivery.workers import StartWorker, committed_cursor, sample, webhook
 from tests.support import Reply, ScriptedReceiver, wait_for
 
-StartWorker = Callable[..., Awaitable[DeliveryWorker]]
 Decide = Callable[[web.Request], Awaitable[Reply]]
-FAST_RETRY = RetryConfig(initial_backoff_seconds=0.01, max_backoff_seconds=0.05)
 ATTEMPTS = "audit_forwarder_delivery_attempts_total"
 DELIVERED = "audit_forwarder_events_delivered_total"
 DEAD = "audit_forwarder_events_dead_lettered_total"
@@ -46,11 +39,6 @@ MIXED = (2, 3, 4, 5, 6, 49, 7, 8, 9)
 _ids = IdGenerator()
 
 
-def no_jitter() -> float:
-    """Backoff randomness that makes every jittered delay 0."""
-    return 0.0
-
-
 def event(n: int) -> bytes:
     """The stored bytes of event ``n``; poison when ``n`` is in ``POISON``."""
     return json.dumps({"n": n, **({"poison": True} if n in POISON else {})}).encode()
@@ -59,12 +47,6 @@ def event(n: int) -> bytes:
 async def append_events(buffer: EventBuffer, numbers: Iterable[int]) -> None:
     """Append events ``numbers`` in one commit, as one ingest request would."""
     await buffer.append([EventRecord(_ids.new(), "test.event", event(n), False) for n in numbers])
-
-
-def webhook(receiver: ScriptedReceiver, **options: Any) -> WebhookForwarderConfig:
-    """A forwarder ``f`` posting to ``<receiver>/in`` with fast retries unless overridden."""
-    options.setdefault("retry", FAST_RETRY)
-    return WebhookForwarderConfig(name="f", kind="webhook", uri=receiver.url + "in", **options)
 
 
 def refuse_poison(status: int = 400) -> Decide:
@@ -84,11 +66,6 @@ def delivered_numbers(receiver: ScriptedReceiver) -> list[int]:
     return [e["n"] for batch in receiver.events() for e in batch]
 
 
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    """A sample's value, 0 when the series does not exist (yet)."""
-    return registry.get_sample_value(name, labels) or 0.0
-
-
 def resolved(registry: CollectorRegistry) -> float:
     """How many events ``f`` has delivered or dead-lettered."""
     return sample(registry, DELIVERED, forwarder="f") + sample(registry, DEAD, forwarder="f")
@@ -103,49 +80,6 @@ async def dead_letters(buffer: EventBuffer) -> list[tuple[int, str, str, bytes, 
         (status, code, reason, bytes(answer), json.loads(body)["n"])
         for status, code, reason, answer, body in rows
     ]
-
-
-async def committed_cursor(buffer: EventBuffer) -> int:
-    """The cursor of ``f`` once every ack queued so far has been committed."""
-    await buffer.execute([])  # queued behind any pending ack: they share or precede this commit
-    return buffer.cursor("f")
-
-
-@pytest.fixture
-async def buffer(tmp_path: Path) -> AsyncIterator[EventBuffer]:
-    """A real buffer with one forwarder, ``f``; closed at teardown."""
-    buffer = EventBuffer(tmp_path / "buffer.db")
-    await buffer.open(["f"])
-    yield buffer
-    await buffer.close()
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    """A fresh Prometheus registry."""
-    return CollectorRegistry()
-
-
-@pytest.fixture
-async def start_worker(
-    buffer: EventBuffer, registry: CollectorRegistry, make_receiver: ReceiverFactory
-) -> AsyncIterator[StartWorker]:
-    """Start real workers on ``buffer``; stopped before the buffer and receivers go away."""
-    metrics = Metrics(registry)
-    workers: list[DeliveryWorker] = []
-
-    async def start(spec: WebhookForwarderConfig) -> DeliveryWorker:
-        worker = DeliveryWorker(spec, buffer, metrics, rng=no_jitter)
-        workers.append(worker)
-        await worker.start()
-        return worker
-
-    yield start
-    for worker in workers:
-        await worker.stop(0)
-
-
-# -- bisection ---------------------------------------------------------------------------
 
 
 async def test_only_the_16_poison_events_of_800_are_dead_lettered_the_rest_arrive_in_order(
@@ -167,7 +101,7 @@ async def test_only_the_16_poison_events_of_800_are_dead_lettered_the_rest_arriv
     assert await dead_letters(buffer) == [
         (400, "400", "HTTP 400", f"refused n={n}".encode(), n) for n in sorted(POISON)
     ]
-    assert await committed_cursor(buffer) == 800
+    assert await committed_cursor(buffer, "f") == 800
     # The work is bounded: 16 batches, plus at most two halves per refused part, and a
     # poison event is in at most one refused part per level of the bisection.
     assert len(receiver.attempts) <= 16 + 2 * len(POISON) * math.ceil(math.log2(50))
@@ -201,7 +135,7 @@ async def test_statuses_refusing_the_content_split_down_to_the_refused_event(
     assert await dead_letters(buffer) == [
         (status, str(status), f"HTTP {status}", b"refused n=49", 49)
     ]
-    assert await committed_cursor(buffer) == 9
+    assert await committed_cursor(buffer, "f") == 9
 
 
 @pytest.mark.parametrize("status", [401, 403, 404, 405, 407, 410, 415])
@@ -334,4 +268,4 @@ async def test_policy_success_counts_a_404_as_delivered_without_validating_its_b
     assert sample(registry, ATTEMPTS, forwarder="f", outcome="success", code="404") == 1
     assert sample(registry, ATTEMPTS, forwarder="f", outcome="success", code="200") == 1
     assert await dead_letters(buffer) == []
-    assert await committed_cursor(buffer) == 4
+    assert await committed_cursor(buffer, "f") == 4
