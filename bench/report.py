@@ -94,6 +94,11 @@ def notes(key: str, result: dict[str, Any]) -> str:
             f" {result['peak_rss_mb']} MB; buffer {result['buffer_empty_mb']:.1f} ->"
             f" {result['buffer_full_mb']:.0f} -> {result['buffer_after_drain_mb']:.1f} MB"
         )
+    if key.startswith("7"):
+        return (
+            f"events/s to a sink answering after 50 ms; batches of 100; ordering relaxed;"
+            f" limit at the end {result['concurrency_limit_at_end']:g}"
+        )
     text = f"events/s to sink; synchronous={result['synchronous']}"
     if key == "5":
         text += f"; after {result['history_events']:,} older events"
@@ -218,6 +223,14 @@ def targets(run: Run) -> list[Target]:
         )
 
     add("scale: scenario 5 within 10% of scenario 1", ("5", "1"), scale)
+    add(
+        "far receiver (50 ms): >= 20,000 events/s at 16 in flight, batches of 100",
+        ("7-16",),
+        lambda s7: (
+            f"{s7['events_per_second']:,} events/s",
+            s7["events_per_second"] >= 20_000,
+        ),
+    )
     return found
 
 

@@ -34,6 +34,8 @@ The scenarios, each described in the module that measures it:
 4. Backlog: built while the sink is down, then drained (``bench.backlog``).
 5. Scale: scenario 1 after 2,000,000 older events (``bench.throughput``).
 6. Scenario 1 with ``buffer.synchronous: full`` (``bench.throughput``).
+7. A far receiver: a sink answering after 50 ms, at 1, 4 and 16 requests in
+   flight and with adaptive concurrency (``bench.far_receiver``).
 
 syslog-ng (``bench.syslog_ng``) takes scenario 1's workload over TCP in the
 same run, counted at the same kind of sink, and scenarios 1, 4, 5 and 6 are
@@ -69,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.backlog import backlog
+from bench.far_receiver import far_receiver_steps
 from bench.latency import latency
 from bench.processes import BenchError
 from bench.report import (
@@ -124,6 +127,7 @@ async def measure(run: Run) -> None:
                 lambda: end_to_end(run, "6", "end to end, synchronous: full", "full"),
             )
         )
+    steps += far_receiver_steps(run)
     for key, title, step in steps:
         print(f"- {key}: {title} ...", flush=True)
         started_at = time.monotonic()
@@ -165,9 +169,9 @@ def parse_args(argv: list[str] | None = None) -> Plan:
         try:
             chosen = frozenset(int(part) for part in args.only.split(",") if part.strip())
         except ValueError:
-            parser.error(f"--only takes scenario numbers 1-6, not {args.only!r}")
-        if not chosen or not chosen <= set(range(1, 7)):
-            parser.error(f"--only takes scenario numbers 1-6, not {args.only!r}")
+            parser.error(f"--only takes scenario numbers 1-7, not {args.only!r}")
+        if not chosen or not chosen <= set(range(1, 8)):
+            parser.error(f"--only takes scenario numbers 1-7, not {args.only!r}")
         plan = replace(plan, scenarios=chosen)
     if args.events:
         if not 1000 <= args.events < 100_000_000:

@@ -287,6 +287,25 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=delivery,
         )
+        self.delivery_in_flight = Gauge(
+            "audit_forwarder_delivery_in_flight",
+            "Delivery requests sent and not yet answered, per forwarder.",
+            ["forwarder"],
+            registry=delivery,
+        )
+        self.concurrency_limit = Gauge(
+            "audit_forwarder_delivery_concurrency_limit",
+            "How many delivery requests a forwarder may have in flight now"
+            " (maxInFlight, or the adaptive limit below it).",
+            ["forwarder"],
+            registry=delivery,
+        )
+        self.delivery_throttled = Counter(
+            "audit_forwarder_delivery_throttled_seconds",
+            "Seconds a forwarder's requests waited for its rateLimit.",
+            ["forwarder"],
+            registry=delivery,
+        )
         self.last_success = Gauge(
             "audit_forwarder_last_success_timestamp_seconds",
             "Unix time of the last successful delivery.",
@@ -327,6 +346,7 @@ class Metrics:
         self.events_delivered.labels(name)
         self.events_dead_lettered.labels(name)
         self.delivery_duration.labels(name)
+        self.delivery_throttled.labels(name)
         self.ingest_to_delivery.touch(name)
         last_success = self.last_success.labels(name)
         if last_success_at is not None:

@@ -65,10 +65,11 @@ class Forwarders(Protocol):
 
 
 def iso(timestamp: float | None) -> str | None:
-    """A Unix time as ISO 8601 UTC with milliseconds."""
+    """A Unix time as RFC 3339 UTC with milliseconds (``2026-11-29T23:10:00.123Z``)."""
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    moment = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    return moment.removesuffix("+00:00") + "Z"  # the one format of every admin API time
 
 
 def mask_headers(headers: Mapping[str, str], token_header: str = "") -> dict[str, str]:
@@ -202,6 +203,10 @@ class LocalForwarders:
                 },
                 "last_success_at": iso(worker.status.last_success_at),
                 "consecutive_failures": worker.status.consecutive_failures,
+                "in_flight": worker.in_flight,
+                "concurrency_limit": worker.concurrency.limit,
+                "throttled": worker.throttled,
+                "throttled_seconds": round(worker.status.throttled_seconds, 3),
             }
             for worker in self.workers.values()
         ]

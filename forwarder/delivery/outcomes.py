@@ -51,6 +51,7 @@ class ForwarderStatus:
     last_success_at: float | None = None
     consecutive_failures: int = 0
     dead_lettered: int = 0
+    throttled_seconds: float = 0.0  # waited for the rate limits, since the start
 
 
 class Outcomes:
@@ -151,11 +152,15 @@ class Outcomes:
         exc: DeliveryError,
         reason: str,
         pause: Callable[[int], Awaitable[bool]],
+        ack: int | None = None,
     ) -> bool:
         """Move ``batch`` to the dead-letter table; False if stopped before it was recorded.
 
         ``pause(failures)`` waits before another try of the write and returns
-        True when the worker is stopping instead.
+        True when the worker is stopping instead. ``ack`` is the cursor the
+        same transaction commits: by default the batch's last seq (one request
+        at a time); with several in flight, no further than the resolved
+        prefix allows (a cursor never moves back, so a lower one is a no-op).
         """
         now = self._clock()
         reason = self._masker.mask(reason)
@@ -180,7 +185,8 @@ class Outcomes:
         while True:
             try:
                 await self._buffer.execute(
-                    [(INSERT_DEAD_LETTER, rows)], acks={self.name: batch[-1].seq}
+                    [(INSERT_DEAD_LETTER, rows)],
+                    acks={self.name: batch[-1].seq if ack is None else ack},
                 )
                 break
             except BufferUnavailableError as exc_buffer:

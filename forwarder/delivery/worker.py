@@ -1,52 +1,45 @@
-"""Delivery: one worker per forwarder, strictly in order, at least once.
+"""Delivery: one worker per forwarder, batches formed in order, at least once.
 
-Each worker follows its forwarder's cursor through the buffer: it reads the
-next events after its cursor, sends them, and on success (a 2xx, or a status
-``statusPolicy`` counts as success) acknowledges by advancing the cursor
-(group-committed by the buffer's writer, not awaited: losing an ack in a
-crash only re-sends, which at-least-once allows). A failed attempt is
-classified in exactly one place (:func:`send_request`, which also applies the
-forwarder's ``statusPolicy``), which turns aiohttp's exceptions and HTTP
-statuses into our own errors:
+Each worker follows its forwarder's cursor through the buffer: it forms the
+next batch (:mod:`forwarder.delivery.batching`), sends it, and acknowledges
+what is resolved. Acks are group-committed by the buffer's writer, not
+awaited: losing one in a crash only re-sends, which at-least-once allows.
+A failed attempt is classified in one place (:func:`send_request`, with the
+forwarder's ``statusPolicy``) into our own errors:
 
-* connection errors, timeouts, 408, 429 and 5xx → :class:`RetryableDeliveryError`:
-  the *same* request is retried forever (or until the configured limits),
-  with exponential backoff and full jitter, honouring ``Retry-After`` (capped
-  at the maximum backoff so a hostile receiver cannot park a forwarder);
-* 400, 409, 413, 422 → :class:`RejectedContentError`: the receiver refused
-  something in the body, perhaps one poison event; the batch is bisected
-  (see below) so that only what is refused on its own is dead-lettered;
-* any other status → :class:`PermanentDeliveryError`: the request as such is
-  wrong (401, 403, 404, ...), so the whole batch goes to the dead-letter
-  table with the status and response body, and the worker moves on.
+* :class:`RetryableDeliveryError` (connection errors, timeouts, 408, 429,
+  5xx): the *same* request again, forever or until ``retry.maxAttempts`` /
+  ``retry.maxAgeSeconds`` make it a dead letter, with exponential backoff and
+  full jitter, honouring ``Retry-After`` (capped at the maximum backoff);
+* :class:`RejectedContentError` (400, 409, 413, 422): something in the body
+  was refused, perhaps one poison event: the batch is split in halves, first
+  half first, each a request of its own, down to the events refused alone,
+  which are dead-lettered (about 2·k·log2(N) extra requests for k poison
+  events in N; each split is a ``retry`` attempt and a ``batch_split`` log
+  line; ``statusPolicy.deadLetter`` naming the code turns bisection off);
+* :class:`PermanentDeliveryError` (401, 403, 404, ...): the request as such
+  is wrong, so the whole batch is dead-lettered with the answer.
 
-Retrying the same request in place is what keeps per-forwarder order: nothing
-behind a failing batch is sent until it succeeds or is dead-lettered. Workers
-share nothing but the buffer, so a dead receiver never slows another
-forwarder or ingest.
+Requests in flight: with ``ordering: strict`` (the default) one batch is
+outstanding at a time and retried in place, so nothing behind a failing
+batch is sent until it is resolved, and batches arrive in ingest order. With
+``ordering: relaxed`` up to the current limit (``maxInFlight``, or adaptive
+below it: :mod:`forwarder.delivery.concurrency`) are outstanding, each
+retried and bisected on its own, so a retried batch may arrive after later
+ones. Either way the cursor advances only over the contiguous prefix of
+resolved batches (:mod:`forwarder.delivery.window`): a crash re-sends, never
+skips. A ``Retry-After`` holds every new request of the forwarder, not only
+the retry of the batch that got it: the receiver asked *us* to wait. Every
+request first takes its tokens from the rate limits
+(:mod:`forwarder.delivery.rate_limit`). Workers share nothing but the
+buffer, so a dead receiver never slows another forwarder or ingest. A
+disabled forwarder sends nothing and its cursor follows the head.
 
-Batches: events the forwarder's filter refuses are skipped (their seqs are
-acknowledged with the next ack, so they never hold back the cleanup); the
-rest are grouped until ``batch.maxEvents``, ``batch.maxBytes`` of encoded body
-or ``batch.maxWaitMs`` is reached. ``retry.maxAttempts`` /
-``retry.maxAgeSeconds`` turn an endless retry into a dead letter. A disabled
-forwarder sends nothing and its cursor follows the head, so it never holds
-events (they are not delivered to it later).
-
-Bisection: a batch refused with a :class:`RejectedContentError` is split in
-halves, first half first; each half is a request of its own, retried with the
-same backoff and limits, and split again if refused again. An event refused
-alone is dead-lettered with the receiver's answer; everything else is
-delivered, in order, since nothing after a part is sent before the part is
-resolved. A batch of N events with k poison events costs at most about
-2·k·log2(N) extra requests; each split is an attempt with outcome ``retry``
-in the history and metrics and a ``batch_split`` log line. A receiver that
-refuses every event costs 2N-1 requests per batch: ``statusPolicy.deadLetter``
-naming the code turns bisection off.
-
-On stop, a request already in flight may finish within the grace period (its
-ack is then committed); a worker waiting in backoff stops at once, and its
-events simply stay pending for the next start.
+On stop, requests in flight may finish within the grace period (their acks
+are then committed); those waiting in backoff, for a ``Retry-After`` or for
+tokens stop at once, and their events stay pending for the next start. A
+delivery task that fails unexpectedly stops the others, and the worker's
+task ends with its exception for the owner to report.
 """
 
 from __future__ import annotations
@@ -54,17 +47,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
 from collections.abc import Callable
+from typing import Literal
 
 import aiohttp
 
-from forwarder.buffer import batches, history
-from forwarder.buffer.store import AppendSummary, StoredEvent
+from forwarder.buffer import history
+from forwarder.buffer.store import StoredEvent
 from forwarder.delivery.backoff import Backoff
+from forwarder.delivery.batching import BatchReader
+from forwarder.delivery.concurrency import ConcurrencyLimit
 from forwarder.delivery.filters import EventFilter
 from forwarder.delivery.outcomes import ForwarderStatus, Outcomes
+from forwarder.delivery.pending import PendingCount
 from forwarder.delivery.ports import DeliveryBuffer
+from forwarder.delivery.rate_limit import RateLimiter
+from forwarder.delivery.window import Slot, Window
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.requests import BuiltRequest, RequestBuilder
 from forwarder.destinations.webhook.sending import RejectedContentError, send_request
@@ -79,7 +77,7 @@ from forwarder.metrics import Metrics
 
 log = get_logger("delivery")
 
-READ_AHEAD = 1024
+Outcome = Literal["delivered", "dead_lettered", "split"]
 
 
 class DeliveryWorker:
@@ -107,38 +105,36 @@ class DeliveryWorker:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._read_ahead: deque[StoredEvent] = deque()
-        self._cursor = 0  # highest seq acknowledged (delivered, dead-lettered or skipped)
-        self._read_upto = 0  # highest seq pulled from the buffer into _read_ahead
-        self._counted_upto = 0
-        self._skipped_upto = 0  # highest seq the filter refused in the batch being built
+        self._reader = BatchReader(
+            spec, buffer, self.filter, self.requests, self._stopping, self._skipped
+        )
+        self._window = Window(0)
+        self.concurrency = ConcurrencyLimit(spec)
+        self._rate = RateLimiter(spec.rate_limit, spec.batch.max_events, self._throttled)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._sending = 0  # requests sent and not yet answered
+        self._hold_until = 0.0  # time.monotonic() before which no request goes (Retry-After)
+        self._crash: BaseException | None = None
+        self._pending = PendingCount(self.name, self.filter, self.status)
+        self._sending_gauge = metrics.delivery_in_flight.labels(self.name)
+        self._limit_gauge = metrics.concurrency_limit.labels(self.name)
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         """Count what is pending, open the HTTP session and start the task."""
-        self._cursor = self._read_upto = self._buffer.cursor(self.name)
-        # Listen first, count up to a fixed head after: an event committed
-        # while the count runs is counted exactly once, by one or the other.
-        self._counted_upto = self._buffer.head_seq
-        self._buffer.add_listener(self._on_append)
+        cursor = self._buffer.cursor(self.name)
+        self._window = Window(cursor)
+        self._reader.read_upto = cursor
         if self.spec.enabled:
-            rows = await self._buffer.query(
-                batches.PENDING, (self._cursor + 1, self._counted_upto, self._cursor, self.name)
-            )
-            counts = batches.pending_counts(rows, self._cursor, self._counted_upto)
-            for event_type, (count, oldest) in counts.items():
-                if self.filter.accepts(event_type):
-                    self.status.pending += count
-                    current = self.status.oldest_pending_at
-                    self.status.oldest_pending_at = (
-                        oldest if current is None else min(current, oldest)
-                    )
+            await self._pending.start(self._buffer, cursor)
         # The last success outlives a restart in the history; new series start at 0.
         found = await self._buffer.query(history.LAST_SUCCESS, (self.name,))
         if found:
             self.status.last_success_at = float(found[0][0])
         self._metrics.add_forwarder(self.name, self.status.last_success_at)
+        self._sending_gauge.set(0)
+        self._limit_gauge.set(self.concurrency.limit)
         self._session = aiohttp.ClientSession(connector=build_connector(self.spec))
         self._task = asyncio.create_task(self._run(), name=f"deliver-{self.name}")
 
@@ -152,8 +148,18 @@ class DeliveryWorker:
         """The worker task, for the daemon to supervise."""
         return self._task
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return self._sending
+
+    @property
+    def throttled(self) -> bool:
+        """Whether a request is waiting for the rate limit now."""
+        return self._rate.waiting > 0
+
     async def stop(self, grace_seconds: float) -> bool:
-        """Stop after the request in flight (within the grace); True if it finished."""
+        """Stop after the requests in flight (within the grace); True if they finished."""
         self._stopping.set()
         finished = True
         if self._task is not None and not self._task.done():
@@ -162,26 +168,11 @@ class DeliveryWorker:
                 finished = False
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
-        self._buffer.remove_listener(self._on_append)
+        self._pending.stop(self._buffer)
         if self._session is not None:
             await self._session.close()
             self._session = None
         return finished
-
-    def _on_append(self, summary: AppendSummary) -> None:
-        # Summaries are per commit and the head only moves between commits, so
-        # a summary is either wholly counted at start or wholly new.
-        if not self.spec.enabled or summary.last_seq <= self._counted_upto:
-            return
-        accepts = self.filter.accepts
-        added = sum(n for kind, n in summary.by_type.items() if accepts(kind))
-        for kind, n in summary.replays.get(self.name, {}).items():
-            if accepts(kind):
-                added += n
-        if added:
-            self.status.pending += added
-            if self.status.oldest_pending_at is None:
-                self.status.oldest_pending_at = summary.first_received_at
 
     def oldest_pending_age(self) -> float:
         """Seconds since the oldest pending event was accepted (0 when none)."""
@@ -190,153 +181,139 @@ class DeliveryWorker:
             return 0.0
         return max(0.0, self._clock() - oldest)
 
-    # -- reading and batching --------------------------------------------------
-
-    async def _wait_for_events(self, within: float | None) -> bool:
-        """Wait until events beyond what was read are committed; False on stop/timeout."""
-        # Rows up to head not returned were replays for other forwarders: waiting
-        # beyond the read position alone would return at once and spin on them.
-        waiter = asyncio.ensure_future(
-            self._buffer.wait_beyond(max(self._read_upto, self._buffer.head_seq))
-        )
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {waiter, stopper}, timeout=within, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            waiter.cancel()
-            stopper.cancel()
-        return waiter in done and not self._stopping.is_set()
-
-    async def _read_more(self) -> bool:
-        """Pull the next events after the read position; False when there were none."""
-        fetched = await self._buffer.read_after(self.name, self._read_upto, READ_AHEAD)
-        if fetched:
-            self._read_ahead.extend(fetched)
-            self._read_upto = fetched[-1].seq
-        return bool(fetched)
-
-    def _take(self, batch: list[StoredEvent], budget: int) -> tuple[int, bool]:
-        """Move matching events from the read-ahead into ``batch``; return (budget, full)."""
-        max_events = self.spec.batch.max_events
-        read_ahead = self._read_ahead  # per event: kept lean
-        accepts = None if self.filter.takes_everything else self.filter.accepts
-        while read_ahead:
-            event = read_ahead[0]
-            if accepts is not None and not accepts(event.event_type):
-                read_ahead.popleft()
-                self._skipped_upto = event.seq
-                continue
-            cost = len(event.body) + 1
-            if batch and cost > budget:
-                return budget, True
-            batch.append(read_ahead.popleft())
-            budget -= cost
-            if len(batch) >= max_events:
-                return budget, True
-        return budget, False
-
-    async def _next_batch(self) -> list[StoredEvent] | None:
-        """The next batch within the limits; None when stopping."""
-        limits = self.spec.batch
-        batch: list[StoredEvent] = []
-        budget = limits.max_bytes
-        deadline: float | None = None
-        self._skipped_upto = 0
-        while not self._stopping.is_set():
-            budget, full = self._take(batch, budget)
-            if full:
-                return batch
-            if await self._read_more():
-                continue
-            if self._skipped_upto > self._cursor and not batch:
-                # Only refused events so far: acknowledge them so they can be cleaned up.
-                self._ack(self._skipped_upto)
-            if batch and limits.max_events == 1:
-                return batch
-            if batch and deadline is None:
-                deadline = time.monotonic() + limits.max_wait_ms / 1000
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not await self._wait_for_events(timeout) and batch:
-                return batch
-        return None
-
-    def _fit(self, batch: list[StoredEvent], now: float) -> BuiltRequest:
-        """Build the request, handing events back until the encoded body fits maxBytes."""
-        built = self.requests.build(batch, now)
-        while built.encoded_bytes > self.spec.batch.max_bytes and len(batch) > 1:
-            keep = max(1, len(batch) * self.spec.batch.max_bytes // built.encoded_bytes)
-            keep = min(keep, len(batch) - 1)
-            self._read_ahead.extendleft(reversed(batch[keep:]))
-            del batch[keep:]
-            built = self.requests.build(batch, now)
-        return built
-
     # -- the loop --------------------------------------------------------------
-
-    def _ack(self, seq: int) -> None:
-        if seq > self._cursor:
-            self._cursor = seq
-            self._buffer.ack(self.name, seq)
 
     async def _run(self) -> None:
         if not self.spec.enabled:
             await self._follow_head_while_disabled()
             return
+        try:
+            await self._dispatch()
+            if self._in_flight:  # stopping: the requests in flight may finish
+                await asyncio.wait(set(self._in_flight))
+        finally:
+            # Only left unfinished when this task is cancelled (the grace ran out).
+            for task in self._in_flight:
+                task.cancel()
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._crash is not None:
+            raise self._crash
+
+    async def _dispatch(self) -> None:
+        """Form batches in order and start each one's delivery while the limit allows."""
         while not self._stopping.is_set():
-            batch = await self._next_batch()
+            if len(self._in_flight) >= self.concurrency.limit:
+                self.concurrency.saturated()
+                await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            batch = await self._reader.next_batch(self.name)
             if batch is None:
                 return
-            built = self._fit(batch, self._clock())
-            if not await self._deliver_in_parts(batch, built):
-                return  # stopping while still failing: the events stay pending
+            built = self._reader.fit(batch, self._clock())
+            slot = self._window.open(batch, batch[-1].seq)
+            task = asyncio.create_task(
+                self._deliver_in_parts(slot, batch, built), name=f"deliver-{self.name}-batch"
+            )
+            self._in_flight.add(task)
+            task.add_done_callback(self._delivery_done)
+
+    def _delivery_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        # Never run on silently degraded: stop sending, end the worker with the error.
+        if self._crash is None:
+            self._crash = task.exception()
+        self._stopping.set()
 
     async def _follow_head_while_disabled(self) -> None:
         log.info("forwarder_disabled", forwarder=self.name)
         while not self._stopping.is_set():
-            self._read_upto = max(self._read_upto, self._buffer.head_seq)
-            self._ack(self._read_upto)
-            await self._wait_for_events(None)
+            self._reader.read_upto = max(self._reader.read_upto, self._buffer.head_seq)
+            self._skipped(self._reader.read_upto)
+            await self._reader.wait_for_events(None)
 
-    async def _deliver_in_parts(self, batch: list[StoredEvent], built: BuiltRequest) -> bool:
-        """Deliver ``batch`` (built once already), bisecting refused parts; False if stopped."""
+    def _skipped(self, upto: int) -> None:
+        """Seqs up to ``upto`` held only events this forwarder does not take."""
+        cursor = self._window.skip(upto)
+        if cursor is not None:
+            self._buffer.ack(self.name, cursor)
+
+    def _resolve(self, slot: Slot, part: list[StoredEvent], committed: int | None = None) -> None:
+        """``part`` of ``slot`` is delivered or dead-lettered: ack what the window allows."""
+        cursor = self._window.resolve(slot, part)
+        if cursor is not None and cursor != committed:
+            self._buffer.ack(self.name, cursor)
+        self.status.pending = max(0, self.status.pending - len(part))
+        oldest = self._window.oldest_unresolved() or self._reader.next_accepted()
+        self.status.oldest_pending_at = oldest.received_at if oldest else None
+
+    def _throttled(self, seconds: float) -> None:
+        self.status.throttled_seconds += seconds
+        self._metrics.delivery_throttled.labels(self.name).inc(seconds)
+
+    async def _deliver_in_parts(
+        self, slot: Slot, batch: list[StoredEvent], built: BuiltRequest
+    ) -> None:
+        """Deliver ``batch`` (built once already), bisecting refused parts; until done or stop."""
         parts = [batch]
         while parts:
             part = parts.pop()
-            self.status.oldest_pending_at = part[0].received_at
-            outcome = await self._deliver(part, built if part is batch else None)
+            oldest = self._window.oldest_unresolved()
+            self.status.oldest_pending_at = oldest.received_at if oldest else None
+            outcome = await self._deliver(slot, part, built if part is batch else None)
             if outcome is None:
-                return False
+                return  # stopping while still failing: the events stay pending
             if outcome == "split":
                 half = len(part) // 2
                 parts += [part[half:], part[:half]]
-                continue
-            self._ack(part[-1].seq)
-            self.status.pending = max(0, self.status.pending - len(part))
-            following = next(
-                (e for e in self._read_ahead if self.filter.accepts(e.event_type)), None
-            )
-            self.status.oldest_pending_at = following.received_at if following else None
-        return True
+            elif outcome == "delivered":
+                self._resolve(slot, part)
 
-    async def _deliver(self, batch: list[StoredEvent], first: BuiltRequest | None) -> str | None:
-        """Send until "delivered", "dead_lettered" or "split"; None if stopped first.
+    async def _wait_turn(self, events: int) -> bool | None:
+        """Wait out a ``Retry-After`` and the rate limits; None if stopped, True if waited."""
+        waited = False
+        while (hold := self._hold_until - time.monotonic()) > 0:
+            waited = True
+            if await self._wait_or_stop(hold):
+                return None
+        if self._rate.limited:
+            before = self._rate.throttled_seconds
+            if not await self._rate.acquire(events, self._wait_or_stop):
+                return None
+            waited = waited or self._rate.throttled_seconds > before
+        return waited
 
-        ``first`` is the request already built for this batch (by ``_fit``);
-        every retry is rebuilt so its signature timestamp is fresh.
+    def _adapt(self, rtt: float | None, back_pressure: bool) -> None:
+        self.concurrency.observe(rtt, back_pressure)
+        self._limit_gauge.set(self.concurrency.limit)
+
+    async def _deliver(
+        self, slot: Slot, batch: list[StoredEvent], first: BuiltRequest | None
+    ) -> Outcome | None:
+        """Send until delivered, dead-lettered or to be split; None if stopped first.
+
+        ``first`` is the request already built for this batch (by ``fit``);
+        every retry, and a first attempt that had to wait, is rebuilt so its
+        signature timestamp is fresh.
         """
         assert self._session is not None
         retry = self.spec.retry
         attempt = 0
         while True:
             attempt += 1
+            waited = await self._wait_turn(len(batch))
+            if waited is None:
+                return None
             self.status.last_attempt_at = self._clock()
-            if attempt == 1 and first is not None:
+            if attempt == 1 and first is not None and not waited:
                 request = first.request
             else:
                 request = self.requests.build(batch, self.status.last_attempt_at).request
             started = time.monotonic()
+            self._sending += 1
+            self._sending_gauge.set(self._sending)
             try:
                 response = await send_request(
                     self._session,
@@ -346,6 +323,7 @@ class DeliveryWorker:
                     self.spec.status_policy,
                 )
             except RetryableDeliveryError as exc:
+                self._adapt(None, back_pressure=True)
                 age = self._clock() - batch[0].received_at
                 exhausted = (retry.max_attempts is not None and attempt >= retry.max_attempts) or (
                     retry.max_age_seconds is not None and age >= retry.max_age_seconds
@@ -355,12 +333,16 @@ class DeliveryWorker:
                 self._outcomes.attempt(batch, attempt, outcome, exc, started)
                 if exhausted:
                     reason = f"gave up after {attempt} attempt(s): {exc.message}"
-                    return "dead_lettered" if await self._dead_letter(batch, exc, reason) else None
+                    return await self._dead_letter(slot, batch, exc, reason)
+                if exc.retry_after is not None:
+                    hold = min(exc.retry_after, retry.max_backoff_seconds)
+                    self._hold_until = max(self._hold_until, time.monotonic() + hold)
                 delay = self._backoff.delay(attempt, exc.retry_after)
                 if await self._wait_or_stop(delay):
                     return None
                 continue
             except PermanentDeliveryError as exc:
+                self._adapt(None, back_pressure=False)
                 if isinstance(exc, RejectedContentError) and len(batch) > 1:
                     self._outcomes.failure(exc, attempt, "retry")
                     self._outcomes.attempt(batch, attempt, "retry", exc, started)
@@ -368,8 +350,11 @@ class DeliveryWorker:
                     return "split"
                 self._outcomes.failure(exc, attempt, "dead_letter")
                 self._outcomes.attempt(batch, attempt, "dead_letter", exc, started)
-                ok = await self._dead_letter(batch, exc, exc.message)
-                return "dead_lettered" if ok else None
+                return await self._dead_letter(slot, batch, exc, exc.message)
+            finally:
+                self._sending -= 1
+                self._sending_gauge.set(self._sending)
+            self._adapt(time.monotonic() - started, back_pressure=False)
             self._outcomes.success(batch, response)
             self._outcomes.attempt(batch, attempt, "success", response, started)
             return "delivered"
@@ -381,11 +366,25 @@ class DeliveryWorker:
             return False
         return True
 
-    async def _dead_letter(self, batch: list[StoredEvent], exc: DeliveryError, reason: str) -> bool:
-        """Dead-letter ``batch`` (retrying the write with backoff); False if stopped first."""
+    async def _dead_letter(
+        self, slot: Slot, batch: list[StoredEvent], exc: DeliveryError, reason: str
+    ) -> Outcome | None:
+        """Dead-letter ``batch`` (retrying the write with backoff); None if stopped first.
+
+        The cursor moves in the dead letter's own transaction only as far as
+        the window allows: past ``batch`` only if everything before it is
+        resolved too.
+        """
+        moved = self._window.cursor_if_resolved(slot, batch)
+        ack = self._window.cursor if moved is None else moved
         recorded = await self._outcomes.dead_letter(
-            batch, exc, reason, lambda failures: self._wait_or_stop(self._backoff.delay(failures))
+            batch,
+            exc,
+            reason,
+            lambda failures: self._wait_or_stop(self._backoff.delay(failures)),
+            ack,
         )
-        if recorded:
-            self._cursor = max(self._cursor, batch[-1].seq)
-        return recorded
+        if not recorded:
+            return None
+        self._resolve(slot, batch, committed=ack)
+        return "dead_lettered"

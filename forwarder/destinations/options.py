@@ -4,16 +4,20 @@ A destination's own options (a webhook's URI, format and auth; a NATS
 subject) live in its package; what the delivery loop itself reads — how to
 back off and when to give up, how events are grouped into batches — is
 defined once here, so a new destination gets the same retry and batching
-semantics (and the same keys in YAML) without copying them. ``Model`` is the
-base of every configuration section: camelCase aliases, unknown keys refused.
+semantics (and the same keys in YAML) without copying them. The same goes
+for how many requests a forwarder has in flight, in what order and how fast
+(:class:`DeliveryOptions`, which a destination's options model derives from,
+so its keys sit at the top of the forwarder entry). ``Model`` is the base of
+every configuration section: camelCase aliases, unknown keys refused.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -52,3 +56,82 @@ class BatchConfig(Model):
     max_events: Annotated[int, Field(ge=1, le=10_000)] = 1
     max_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     max_wait_ms: Annotated[int, Field(ge=0, le=600_000)] = 1000
+
+
+# With ``ordering: relaxed`` and no ``maxInFlight``: a far receiver gets about
+# four times the throughput of one request at a time, and four connections are
+# fewer than a browser opens to one site, so a small receiver is not swamped.
+RELAXED_DEFAULT_IN_FLIGHT = 4
+MAX_IN_FLIGHT = 256
+
+
+class RateLimitConfig(Model):
+    """Token buckets for receivers with quotas; a bucket that is not set does not limit.
+
+    Each bucket holds one second's worth (at least one request, and at least
+    ``batch.maxEvents`` events, so a full batch can always pass): after an
+    idle spell, up to that much goes out at once, then the steady rate.
+    """
+
+    events_per_second: PositiveFloat | None = None
+    requests_per_second: PositiveFloat | None = None
+
+
+class DeliveryOptions(Model):
+    """How the delivery loop sends one forwarder's batches: how many at once, in what order,
+    and how fast.
+
+    ``ordering: strict`` (the default) is one request at a time, so batches
+    arrive in ingest order; ``relaxed`` allows ``maxInFlight`` requests
+    (default 4), and a retried batch may then arrive after later ones. A
+    ``maxInFlight`` above 1 or adaptive concurrency with ``strict`` is refused
+    rather than silently ignored: the operator asked for two things that
+    cannot both hold.
+    """
+
+    max_in_flight: Annotated[int, Field(ge=1, le=MAX_IN_FLIGHT)] | None = None
+    ordering: Literal["strict", "relaxed"] = "strict"
+    concurrency: Literal["fixed", "adaptive"] = "fixed"
+    rate_limit: RateLimitConfig = RateLimitConfig()
+
+    @model_validator(mode="after")
+    def _ordering_allows_concurrency(self) -> DeliveryOptions:
+        problems = []
+        if self.ordering == "strict" and (self.max_in_flight or 1) > 1:
+            problems.append(
+                f"maxInFlight: {self.max_in_flight} needs ordering: relaxed"
+                " (strict sends one request at a time, so that batches arrive in order)"
+            )
+        if self.ordering == "strict" and self.concurrency == "adaptive":
+            problems.append(
+                "concurrency: adaptive needs ordering: relaxed (strict sends one request at a time)"
+            )
+        if problems:
+            errors: list[InitErrorDetails] = [
+                {"type": "value_error", "loc": (), "input": None, "ctx": {"error": ValueError(m)}}
+                for m in problems
+            ]
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
+    @property
+    def in_flight_limit(self) -> int:
+        """The most requests this forwarder may have outstanding at once."""
+        if self.ordering == "strict":
+            return 1
+        return self.max_in_flight or RELAXED_DEFAULT_IN_FLIGHT
+
+
+def refuse(title: str, messages: list[str]) -> None:
+    """Raise every message at once, each as its own error at the validator's location.
+
+    Does nothing when ``messages`` is empty. A ``ValidationError`` raised in a
+    validator is merged into the enclosing one, located under the field or
+    model being validated, as if each message had been raised on its own.
+    """
+    if messages:
+        errors: list[InitErrorDetails] = [
+            {"type": "value_error", "loc": (), "input": None, "ctx": {"error": ValueError(m)}}
+            for m in messages
+        ]
+        raise ValidationError.from_exception_data(title, errors)

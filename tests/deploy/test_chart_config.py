@@ -82,7 +82,12 @@ def test_every_forwarder_option_reaches_the_daemon(chart: helm.Chart, tmp_path: 
         "tls": {"caFile": "/etc/receiver-ca/ca.crt", "insecureSkipVerify": False},
         "responseValidators": [{"jsonPath": "$.status", "expected": ["ok"]}],
         "denyPrivateNetworks": True,
+        "proxy": {"url": "http://proxy.corp:3128", "noProxy": ["internal.example"]},
         "statusPolicy": {"success": [409], "retry": ["4xx"], "deadLetter": [410]},
+        "ordering": "relaxed",
+        "maxInFlight": 8,
+        "concurrency": "adaptive",
+        "rateLimit": {"eventsPerSecond": 500, "requestsPerSecond": 20},
     }
     values = with_forwarder(**options)
     values["extraVolumes"] = [{"name": "receiver-ca", "secret": {"secretName": "receiver-ca"}}]
