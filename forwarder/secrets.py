@@ -28,6 +28,12 @@ Design decisions:
   which is the common case.
 * Everything is compiled once per :meth:`SecretMasker.update` (startup and
   reload); with no secrets configured, masking returns its input untouched.
+* Some secrets only exist at run time: an OAuth2 access token is fetched
+  by the delivery process and never configured. :meth:`SecretMasker.learn`
+  adds such a value under a source name, *before* it is used, so a receiver
+  echoing it is masked like any configured secret. A reload's ``update``
+  keeps what was learned; each source keeps its two latest values (a late
+  answer may still quote the previous token), so the set stays bounded.
   It runs on failure paths, log lines and per-batch response bodies, never
   per event.
 * A text cut at a size limit may end with the beginning of a secret; the
@@ -40,6 +46,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -151,11 +158,35 @@ class SecretMasker:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._state: _Compiled | None = None
+        self._configured: frozenset[str] = frozenset()
+        self._learned: dict[str, tuple[str, ...]] = {}
+        # update() and learn() may run on different threads: each rebuild sees both sets whole.
+        self._lock = threading.Lock()
         self.update(secrets)
 
     def update(self, secrets: Iterable[str]) -> None:
-        """Mask exactly ``secrets`` from now on (empty values are ignored)."""
-        unique = {s for s in secrets if s}
+        """Mask ``secrets`` (and what was learned) from now on; empty values are ignored."""
+        with self._lock:
+            self._configured = frozenset(s for s in secrets if s)
+            self._compile()
+
+    def learn(self, source: str, secret: str, keep: int = 2) -> None:
+        """Also mask ``secret``, a value obtained at run time, until ``source`` learns others.
+
+        ``source`` keeps its ``keep`` latest values; configured secrets are not
+        affected, and :meth:`update` does not forget learned ones.
+        """
+        if not secret:
+            return
+        with self._lock:
+            previous = self._learned.get(source, ())
+            if previous[:1] == (secret,):
+                return
+            self._learned[source] = (secret, *previous)[:keep]
+            self._compile()
+
+    def _compile(self) -> None:
+        unique = set(self._configured).union(*self._learned.values())
         if not unique:
             self._state = None
             return

@@ -3,7 +3,8 @@
 Kubernetes updates a mounted ConfigMap or Secret by swapping a symlink
 (``..data``) atomically, so the watcher compares a signature of every file
 the configuration depends on — the config file and each ``tokenFile`` /
-``signingSecretFile`` / TLS file, followed through symlinks — every
+``signingSecretFile`` / ``auth.clientSecretFile`` / ``proxy.passwordFile`` /
+TLS file, followed through symlinks — every
 ``interval`` seconds, rather than relying on inotify events that a symlink
 swap does not raise on the watched path. A rotated token is therefore picked
 up without a restart.
@@ -46,6 +47,8 @@ def dependent_files(path: Path, settings: Settings) -> list[Path]:
         for candidate in (
             spec.token_file,
             spec.signing_secret_file,
+            spec.auth.client_secret_file,
+            spec.proxy.password_file if spec.proxy is not None else None,
             spec.tls.ca_file,
             spec.tls.cert_file,
             spec.tls.key_file,

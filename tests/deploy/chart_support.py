@@ -245,6 +245,8 @@ PATH_KEYS = {
     "unixSocket",
     "tokenFile",
     "signingSecretFile",
+    "clientSecretFile",
+    "passwordFile",
     "caFile",
     "certFile",
     "keyFile",

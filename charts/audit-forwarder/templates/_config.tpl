@@ -5,7 +5,8 @@ ConfigMap: the config names files in the mounted Secret (*File keys).
 
 {{/*
 The chart-managed Secret's data (base64), one key per inline secret:
-ingest-token, forwarder-<index>-token, forwarder-<index>-signing-secret.
+ingest-token, forwarder-<index>-token, forwarder-<index>-signing-secret,
+forwarder-<index>-client-secret (auth.clientSecret), forwarder-<index>-proxy-password.
 Renders "{}" when there is none.
 */}}
 {{- define "audit-forwarder.secretData" -}}
@@ -18,7 +19,22 @@ Renders "{}" when there is none.
 {{- $_ := set $data (printf "forwarder-%d-token" $index) ($forwarder.token | toString | b64enc) }}
 {{- end }}
 {{- if $forwarder.signingSecret }}
-{{- $_ := set $data (printf "forwarder-%d-signing-secret" $index) ($forwarder.signingSecret | toString | b64enc) }}
+{{- /* A list (rotation) is one secret per line, as signingSecretFile reads it. */}}
+{{- $signing := $forwarder.signingSecret }}
+{{- if kindIs "slice" $signing }}
+{{- $signing = join "\n" $signing }}
+{{- end }}
+{{- $_ := set $data (printf "forwarder-%d-signing-secret" $index) ($signing | toString | b64enc) }}
+{{- end }}
+{{- with $forwarder.auth }}
+{{- if .clientSecret }}
+{{- $_ := set $data (printf "forwarder-%d-client-secret" $index) (.clientSecret | toString | b64enc) }}
+{{- end }}
+{{- end }}
+{{- with $forwarder.proxy }}
+{{- if .password }}
+{{- $_ := set $data (printf "forwarder-%d-proxy-password" $index) (.password | toString | b64enc) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- toYaml $data }}
@@ -84,6 +100,21 @@ mounted Secret; listener addresses and paths are the chart's.
 {{- end }}
 {{- if or $forwarder.signingSecret $forwarder.signingSecretRef }}
 {{- $_ := set $rendered "signingSecretFile" (printf "%s/forwarder-%d-signing-secret" $secretsDir $index) }}
+{{- end }}
+{{- /* The OAuth2 client secret and the proxy password: in the Secret too, named by *File keys. */}}
+{{- with $forwarder.auth }}
+{{- if .clientSecret }}
+{{- $auth := omit . "clientSecret" }}
+{{- $_ := set $auth "clientSecretFile" (printf "%s/forwarder-%d-client-secret" $secretsDir $index) }}
+{{- $_ := set $rendered "auth" $auth }}
+{{- end }}
+{{- end }}
+{{- with $forwarder.proxy }}
+{{- if .password }}
+{{- $proxy := omit . "password" }}
+{{- $_ := set $proxy "passwordFile" (printf "%s/forwarder-%d-proxy-password" $secretsDir $index) }}
+{{- $_ := set $rendered "proxy" $proxy }}
+{{- end }}
 {{- end }}
 {{- $forwarders = append $forwarders $rendered }}
 {{- end }}

@@ -10,7 +10,10 @@ seeds' receivers without custom code:
 * ``query`` — the token is a query parameter (``?token=<token>``), URL-encoded
   and appended after the URI's own parameters. Logz.io's listener URL already
   carries ``?token=...``: a URI given that way works with no ``token`` set;
-* ``none`` — no credentials at all.
+* ``none`` — no credentials at all;
+* ``oauth2`` — a token fetched from ``auth.tokenUrl`` with the client
+  credentials grant (:mod:`forwarder.destinations.webhook.oauth2`), added to
+  each request at send time; nothing of it is fixed here.
 
 Design decisions:
 
@@ -26,7 +29,10 @@ Design decisions:
   values; :func:`forwarder_secrets` lists those of one forwarder, including
   the ones that are not ``SecretStr`` fields: the password of a Basic token
   (a receiver may echo it alone), credentials pasted into the URI, and
-  well-known credential headers set under ``headers``.
+  well-known credential headers set under ``headers``; each signing secret
+  of a rotation; the OAuth2 client secret (and the ``id:secret`` pair
+  ``clientAuth: basic`` encodes); the proxy password, whether configured or
+  in ``HTTP(S)_PROXY``. Access tokens are learned when they are fetched.
 * :func:`check_token` returns a message instead of raising, so
   ``check-config`` can list it with the YAML path it knows and we do not. It
   runs on the resolved token (``tokenFile`` is read by ``config/loading.py``; this
@@ -38,9 +44,11 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
+from forwarder.destinations.webhook.proxies import env_proxy
+from forwarder.destinations.webhook.signing import split_secrets
 from forwarder.secrets import MASK, SecretMasker
 
 # Query parameters masked in display URLs whatever auth.type says: a token pasted
@@ -134,7 +142,8 @@ def forwarder_secrets(spec: WebhookForwarderConfig) -> list[str]:
     if token is not None and spec.auth.type == "basic":
         values.append(token.partition(":")[2])
     if spec.signing_secret is not None:
-        values.append(spec.signing_secret.get_secret_value())
+        values += split_secrets(spec.signing_secret.get_secret_value())
+    values += _access_secrets(spec)
     parts = urlsplit(spec.uri)
     userinfo, at, _ = parts.netloc.rpartition("@")
     if at:
@@ -152,6 +161,34 @@ def forwarder_secrets(spec: WebhookForwarderConfig) -> list[str]:
         if name.lower() in SECRET_HEADERS:
             values += [value, value.partition(" ")[2]]
     return [value for value in dict.fromkeys(values) if value]
+
+
+def _userinfo_secret(url: str | None) -> list[str]:
+    """The password of ``url``'s ``user:password@`` (decoded both ways), if it has one."""
+    userinfo, at, _ = urlsplit(url or "").netloc.rpartition("@")
+    _, colon, password = userinfo.partition(":")
+    return _decoded(password) if at and colon else []
+
+
+def _access_secrets(spec: WebhookForwarderConfig) -> list[str]:
+    """The OAuth2 client secret and the proxy passwords ``spec``'s requests may carry."""
+    values: list[str] = []
+    auth = spec.auth
+    if auth.client_secret is not None:
+        secret = auth.client_secret.get_secret_value()
+        values.append(secret)
+        if auth.client_auth == "basic" and auth.client_id is not None:
+            # Masked as a whole, so its base64 form (the Basic header) is found too.
+            values.append(f"{quote_plus(auth.client_id, safe='')}:{quote_plus(secret, safe='')}")
+    proxy = spec.proxy
+    if proxy is not None and proxy.password is not None:
+        values.append(proxy.password.get_secret_value())
+        values.append(f"{proxy.username}:{proxy.password.get_secret_value()}")
+    if proxy is None:
+        urls = [spec.uri, auth.token_url] if auth.type == "oauth2" else [spec.uri]
+        for url in urls:
+            values += _userinfo_secret(env_proxy(url) if url else None)
+    return values
 
 
 def request_target(spec: WebhookForwarderConfig) -> RequestTarget:
@@ -205,6 +242,10 @@ def _presence_problem(spec: WebhookForwarderConfig, has_token: bool) -> str | No
     auth = spec.auth
     if auth.type == "none" and has_token:
         return "auth.type none sends no credentials: remove the token or pick another type"
+    if auth.type == "oauth2" and has_token:
+        return "auth.type oauth2 fetches its token from auth.tokenUrl: remove token and tokenFile"
+    if auth.type == "oauth2" and "@" in urlsplit(spec.uri).netloc:
+        return "the uri has credentials (user@) and oauth2 sends an Authorization header: use one"
     if auth.type == "query":
         in_uri = auth.param in _query_names(urlsplit(spec.uri).query)
         if in_uri and has_token:

@@ -8,10 +8,23 @@ override ``Authorization``, ``auth.type: basic`` with a token that is not
 ``user:password``, the same status code given two outcomes in ``statusPolicy``)
 fails ``check-config`` instead of failing deliveries.
 
+``auth.type: oauth2``, ``proxy`` and a ``signingSecret`` list (rotation) are
+checked here too: oauth2 without ``tokenUrl`` or a client secret, its keys
+under another type, a proxy URL that is not http(s) or carries credentials,
+an empty list of secrets. A list of signing secrets is held as one
+``SecretStr``, one secret per line, which is also the form
+``signingSecretFile`` takes, so everything downstream reads one value.
+
 ``statusPolicy`` is webhook-only (it maps HTTP statuses, which another kind of
 destination does not have), so it lives here rather than with the shared
 options. Its lookup tables are built once, when the configuration is loaded,
 so classifying an answer is two dict lookups.
+
+Every validator here reports all it finds, not the first problem: a
+validator collects its messages and :func:`refuse` raises them together,
+each as its own pydantic error at the validator's location, so
+``check-config`` lists them all in one run (two reserved headers, or both
+``token`` and ``tokenFile`` set *and* a template with the wrong format).
 """
 
 from __future__ import annotations
@@ -33,9 +46,17 @@ from pydantic import (
 
 from forwarder.destinations.options import (
     BatchConfig,
+    DeliveryOptions,
     Model,
     PositiveFloat,
     RetryConfig,
+    refuse,
+)
+from forwarder.destinations.webhook.access import (
+    HEADER_NAME,
+    AuthConfig,
+    ProxyConfig,
+    absolute_http_problem,
 )
 
 # Headers the forwarder owns: a custom header may not set them (Atmos Pro's reserved headers).
@@ -54,16 +75,19 @@ RESERVED_HEADERS = frozenset(
         "webhook-signature",
     }
 )
-_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 
 
-class AuthConfig(Model):
-    """How the token is sent: bearer, any header, basic, a query parameter, or not at all."""
-
-    type: Literal["bearer", "header", "basic", "query", "none"] = "bearer"
-    header: str = Field(default="Authorization", pattern=_HEADER_NAME)
-    scheme: str | None = None  # header: "Splunk" gives "Authorization: Splunk <token>"
-    param: str = Field(default="token", min_length=1)  # query: ?token=<token>
+def _signing_secrets(value: Any) -> Any:
+    """A list of secrets as one value, one secret per line (as ``signingSecretFile`` holds them)."""
+    if not isinstance(value, list):
+        return value
+    if not value:
+        raise ValueError("the list is empty: give at least one secret, or leave signingSecret out")
+    if not all(isinstance(item, str) for item in value):
+        raise ValueError("each secret in the list must be a string")
+    if any("\n" in item or "\r" in item for item in value):
+        raise ValueError("a secret in the list must be one line")
+    return "\n".join(value)
 
 
 class CloudEventsConfig(Model):
@@ -149,13 +173,15 @@ class StatusPolicy(Model):
     def _one_outcome_each(self) -> StatusPolicy:
         seen: dict[int | str, str] = {}
         lists = (("retry", self.retry), ("deadLetter", self.dead_letter), ("success", self.success))
+        problems = []
         for key, rules in lists:
             for rule in rules:
                 other = seen.setdefault(rule, key)
                 if other != key:
-                    raise ValueError(
+                    problems.append(
                         f"{rule} is in both {other} and {key}: a status can have one outcome"
                     )
+        refuse(type(self).__name__, problems)
         return self
 
     def model_post_init(self, context: Any, /) -> None:
@@ -177,8 +203,8 @@ class StatusPolicy(Model):
         return self._codes.get(status) or self._ranges.get(status // 100)
 
 
-class WebhookForwarderConfig(Model):
-    """One entry of ``auditLogForwarders``."""
+class WebhookForwarderConfig(DeliveryOptions):
+    """One entry of ``auditLogForwarders`` (with the shared delivery options of its base)."""
 
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     kind: Literal["webhook"]
@@ -198,13 +224,15 @@ class WebhookForwarderConfig(Model):
     template: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     auth: AuthConfig = AuthConfig()
-    signing_secret: SecretStr | None = None
+    # One secret, or a list during rotation: held as one value, one secret per line.
+    signing_secret: Annotated[SecretStr | None, BeforeValidator(_signing_secrets)] = None
     signing_secret_file: Path | None = None
     compression: Literal["none", "gzip"] = "none"
     tls: TlsConfig = TlsConfig()
     response_validators: list[ResponseValidator] = Field(default_factory=list)
     status_policy: StatusPolicy = StatusPolicy()
     deny_private_networks: bool = False
+    proxy: ProxyConfig | None = None
 
     @field_validator("method", mode="before")
     @classmethod
@@ -214,45 +242,44 @@ class WebhookForwarderConfig(Model):
     @field_validator("uri")
     @classmethod
     def _absolute_http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http:// or https:// URL")
-        try:
-            _ = parts.port
-        except ValueError as exc:
-            raise ValueError(f"invalid port: {exc}") from None
+        problem = absolute_http_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("headers")
     @classmethod
     def _custom_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        problems = []
         for name, value in headers.items():
-            if not re.fullmatch(_HEADER_NAME, name):
-                raise ValueError(f"{name!r} is not a valid header name")
+            if not re.fullmatch(HEADER_NAME, name):
+                # reprlib: a hostile name must not be echoed whole.
+                problems.append(f"{reprlib.repr(name)} is not a valid header name")
+                continue
             if name.lower() in RESERVED_HEADERS:
-                raise ValueError(f"{name} is reserved: the forwarder sets it")
+                problems.append(f"{name} is reserved: the forwarder sets it")
             if "\r" in value or "\n" in value:
-                raise ValueError(f"the value of {name} must be one line")
+                problems.append(f"the value of {name} must be one line")
+        refuse(cls.__name__, problems)
         return headers
 
     @model_validator(mode="after")
     def _consistent(self) -> WebhookForwarderConfig:
+        problems = []
         if self.token is not None and self.token_file is not None:
-            raise ValueError("set token or tokenFile, not both")
+            problems.append("set token or tokenFile, not both")
         if self.signing_secret is not None and self.signing_secret_file is not None:
-            raise ValueError("set signingSecret or signingSecretFile, not both")
+            problems.append("set signingSecret or signingSecretFile, not both")
         if self.format == "template" and not self.template:
-            raise ValueError("format: template needs a template")
+            problems.append("format: template needs a template")
         if self.template is not None and self.format != "template":
-            raise ValueError("template is set but format is not template")
-        if self.auth.type == "header" and self.auth.header.lower() in {
-            h.lower() for h in self.headers
-        }:
-            raise ValueError(f"headers must not set {self.auth.header}: auth sends the token there")
-        if self.auth.type == "header" and self.auth.header.lower() in RESERVED_HEADERS - {
-            "authorization"
-        }:
-            raise ValueError(f"auth.header cannot be {self.auth.header}: the forwarder sets it")
+            problems.append("template is set but format is not template")
+        header = self.auth.header
+        if self.auth.type == "header" and header.lower() in {h.lower() for h in self.headers}:
+            problems.append(f"headers must not set {header}: auth sends the token there")
+        if self.auth.type == "header" and header.lower() in RESERVED_HEADERS - {"authorization"}:
+            problems.append(f"auth.header cannot be {header}: the forwarder sets it")
+        refuse(type(self).__name__, problems)
         return self
 
     @property

@@ -21,6 +21,22 @@ it names is delivered (``success``, even a 4xx), retried (``retry``, with
 
 A ``deadLetter`` status never splits: the operator said that code means give
 up, and a policy that names 400 is also how to turn bisection off.
+
+Two things happen around the exchange when the request asks for them, so
+that every caller (the delivery worker, the test button) gets them without
+knowing about them:
+
+* ``credentials`` (OAuth2, :mod:`forwarder.destinations.webhook.oauth2`):
+  the ``Authorization`` header is asked for just before sending, so a
+  cached token is used until it is due for refresh. A 401 answer means the
+  token may have been revoked or expired early: the token is invalidated,
+  a new one fetched, and the request sent once more at once; only the
+  second answer is classified (a second 401 is dead-lettered as usual).
+  Failing to get a token is a :class:`RetryableDeliveryError`
+  (``token_error``, ``token_rejected``): the events wait, with backoff.
+* ``guard`` (``denyPrivateNetworks`` through a proxy): the receiver's host
+  is checked before the request goes to the proxy; a refusal is a
+  ``connection_error``, as the connector's own guard gives.
 """
 
 from __future__ import annotations
@@ -28,17 +44,16 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple, Protocol
 
 import aiohttp
 import orjson
 
 from forwarder import __version__
 from forwarder.destinations.webhook.options import ResponseValidator, StatusPolicy
+from forwarder.destinations.webhook.transport import DestinationGuard
 from forwarder.errors import PermanentDeliveryError, RetryableDeliveryError
 from forwarder.secrets import masker
 
@@ -69,6 +84,18 @@ class Response:
     duration: float
 
 
+class Credentials(Protocol):
+    """Where a request's ``Authorization`` value comes from when it is not fixed (OAuth2)."""
+
+    async def authorization(self, session: aiohttp.ClientSession) -> str:
+        """The header value to send now; RetryableDeliveryError if none can be had."""
+        ...
+
+    def invalidate(self, authorization: str) -> None:
+        """The receiver refused ``authorization`` (401): do not hand it out again."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class OutgoingRequest:
     """A request ready to send (and to resend unchanged on retry)."""
@@ -78,18 +105,11 @@ class OutgoingRequest:
     headers: dict[str, str]
     body: bytes
     proxy: str | None = None
-
-
-def proxy_for(url: str) -> str | None:
-    """The proxy that HTTP(S)_PROXY / NO_PROXY name for ``url``.
-
-    Resolved once per forwarder rather than per request (as aiohttp's
-    ``trust_env`` would, with a netrc lookup in a thread each time).
-    """
-    host = urlsplit(url).hostname or ""
-    if host and urllib.request.proxy_bypass(host):
-        return None
-    return urllib.request.getproxies_environment().get(urlsplit(url).scheme)
+    """The proxy URL, Basic credentials included; None: connect directly."""
+    credentials: Credentials | None = None
+    """Supplies ``Authorization`` at send time (OAuth2); None: ``headers`` are complete."""
+    guard: DestinationGuard | None = None
+    """Checks the host before sending through ``proxy`` (``denyPrivateNetworks``)."""
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -107,7 +127,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-async def _read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
+async def read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
     """Up to ``limit`` bytes of a body, however many chunks they arrive in."""
     chunks: list[bytes] = []
     remaining = limit
@@ -154,6 +174,49 @@ def validation_problem(body: bytes, validators: Sequence[ResponseValidator]) -> 
     return None
 
 
+class _Answer(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    retry_after: str | None
+
+
+async def _exchange(
+    session: aiohttp.ClientSession,
+    request: OutgoingRequest,
+    headers: dict[str, str],
+    timeout_seconds: float,
+    limit: int,
+) -> _Answer:
+    """One HTTP exchange, aiohttp's errors translated; the body read up to ``limit``."""
+    try:
+        if request.guard is not None:
+            await request.guard.check(request.url)
+        async with session.request(
+            request.method,
+            request.url,
+            data=request.body,
+            headers=headers,
+            proxy=request.proxy,
+            timeout=aiohttp.ClientTimeout(total=timeout_seconds),
+            allow_redirects=False,
+        ) as answer:
+            return _Answer(
+                answer.status,
+                {str(name): value for name, value in answer.headers.items()},
+                await read_prefix(answer.content, limit),
+                # Looked up case-insensitively: dict() keeps the case as received.
+                answer.headers.get(aiohttp.hdrs.RETRY_AFTER),
+            )
+    except TimeoutError:
+        raise RetryableDeliveryError("timeout", f"no answer within {timeout_seconds:g} s") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        # aiohttp's messages may quote the URL, query token included (ClientResponseError);
+        # an OSError here is the destination guard's refusal, said as the connector says it.
+        message = masker.mask(f"{type(exc).__name__}: {exc}")
+        raise RetryableDeliveryError("connection_error", message) from None
+
+
 async def send_request(
     session: aiohttp.ClientSession,
     request: OutgoingRequest,
@@ -170,29 +233,21 @@ async def send_request(
     statuses it names.
     """
     started = time.monotonic()
-    try:
-        async with session.request(
-            request.method,
-            request.url,
-            data=request.body,
-            headers=request.headers,
-            proxy=request.proxy,
-            timeout=aiohttp.ClientTimeout(total=timeout_seconds),
-            allow_redirects=False,
-        ) as answer:
-            limit = VALIDATED_BODY_LIMIT if validators else RESPONSE_BODY_LIMIT
-            body = await _read_prefix(answer.content, limit)
-            status = answer.status
-            headers = {str(name): value for name, value in answer.headers.items()}
-            # Looked up case-insensitively: dict() keeps the case as received.
-            retry_after_value = answer.headers.get(aiohttp.hdrs.RETRY_AFTER)
-    except TimeoutError:
-        raise RetryableDeliveryError("timeout", f"no answer within {timeout_seconds:g} s") from None
-    except aiohttp.ClientError as exc:
-        # aiohttp's messages may quote the URL, query token included (ClientResponseError).
-        message = masker.mask(f"{type(exc).__name__}: {exc}")
-        raise RetryableDeliveryError("connection_error", message) from None
+    limit = VALIDATED_BODY_LIMIT if validators else RESPONSE_BODY_LIMIT
+    credentials = request.credentials
+    if credentials is None:
+        answer = await _exchange(session, request, request.headers, timeout_seconds, limit)
+    else:
+        authorization = await credentials.authorization(session)
+        sent = {**request.headers, "Authorization": authorization}
+        answer = await _exchange(session, request, sent, timeout_seconds, limit)
+        if answer.status == 401:
+            # Revoked or expired early: one new token and one more try, before any verdict.
+            credentials.invalidate(authorization)
+            sent["Authorization"] = await credentials.authorization(session)
+            answer = await _exchange(session, request, sent, timeout_seconds, limit)
     duration = time.monotonic() - started
+    status, headers, body, retry_after_value = answer
     verdict = policy.verdict(status)
     is_2xx = 200 <= status < 300
     if verdict == "success" or (verdict is None and is_2xx):

@@ -24,6 +24,13 @@ Design decisions:
   can drop duplicates (delivery is at least once). One event keeps its own id
   when that is a header-safe token; anything else, and every batch, becomes a
   digest of the ordered ids.
+* Rotation: a forwarder may hold several secrets (``signingSecret`` as a
+  list, or ``signingSecretFile`` with one per line; both reach this module
+  as one value, one secret per line). Every request then carries one
+  ``v1,<signature>`` per secret, separated by spaces, as the specification
+  allows, and a receiver holding either secret verifies it. So a rotation
+  is: add the new secret beside the old, move the receivers to the new one,
+  remove the old one — with no moment when requests fail verification.
 * The timestamp is a parameter: callers sign each *attempt* with the current
   time, because receivers reject timestamps older than a tolerance (five
   minutes in the reference libraries) and a retried request can be older.
@@ -78,34 +85,61 @@ def _decode_key(secret: str) -> bytes:
     return key
 
 
+def split_secrets(value: str) -> list[str]:
+    """The secrets of a ``signingSecret`` value: one per line."""
+    return value.split("\n")
+
+
+def _decode_keys(value: str) -> list[bytes]:
+    """The HMAC key of each secret of ``value``; _SecretError naming which one is unusable."""
+    if value != value.strip():
+        raise _SecretError("the signing secret has leading or trailing whitespace")
+    secrets = split_secrets(value)
+    keys = []
+    for number, secret in enumerate(secrets, 1):
+        try:
+            keys.append(_decode_key(secret))
+        except _SecretError as exc:
+            if len(secrets) == 1:
+                raise
+            raise _SecretError(f"secret {number} of {len(secrets)}: {exc}") from None
+    return keys
+
+
 def check_secret(secret: str) -> str | None:
-    """Why ``secret`` cannot be a signing secret, or None if it can.
+    """Why ``secret`` (one or more, one per line) cannot sign, or None if it can.
 
     Refused: empty, surrounding whitespace (almost always a copy-paste or file
     accident, and invisible in the config), invalid base64 after ``whsec_``,
-    and keys under :data:`MIN_KEY_BYTES` bytes after decoding.
+    and keys under :data:`MIN_KEY_BYTES` bytes after decoding. With several
+    secrets, the message says which one.
     """
     try:
-        _decode_key(secret)
+        _decode_keys(secret)
     except _SecretError as exc:
         return str(exc)
     return None
 
 
 class Signer:
-    """Signs request bodies with one forwarder's secret, per Standard Webhooks."""
+    """Signs request bodies with one forwarder's secrets, per Standard Webhooks."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_keys",)
 
     def __init__(self, secret: str) -> None:
-        """Decode the key once; raise ValueError with :func:`check_secret`'s message if unusable."""
-        self._key = _decode_key(secret)
+        """Decode the keys once (one secret per line of ``secret``).
+
+        Raises ValueError with :func:`check_secret`'s message if one is unusable.
+        """
+        self._keys = _decode_keys(secret)
 
     def signature(self, message_id: str, timestamp: int, body: bytes) -> str:
-        """The ``webhook-signature`` value: ``v1,`` and the base64 HMAC-SHA256."""
+        """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256>`` per secret, by spaces."""
         signed = f"{message_id}.{timestamp}.".encode() + body
-        digest = hmac.new(self._key, signed, hashlib.sha256).digest()
-        return "v1," + base64.b64encode(digest).decode("ascii")
+        return " ".join(
+            "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii")
+            for key in self._keys
+        )
 
     def headers(self, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
         """The three Standard Webhooks headers for ``body`` sent at ``timestamp`` (Unix seconds)."""

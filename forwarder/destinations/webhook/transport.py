@@ -1,4 +1,4 @@
-"""The connection layer of a forwarder's HTTP session: TLS options and the SSRF guard.
+"""The connection layer of a forwarder's HTTP session: TLS options, proxies, the SSRF guard.
 
 TLS: a private CA is *added* to the system CAs (``load_verify_locations`` on
 a default context), so a receiver whose certificate moves from the company CA
@@ -41,24 +41,45 @@ documentation ranges — judged on the embedded IPv4 address for IPv4-mapped
 (``::ffff:127.0.0.1``) and NAT64 (``64:ff9b::/96``) addresses. Anything that is
 not an IP address at all is treated as private: the guard fails closed.
 
-With a proxy the guard sees only the proxy's address (the proxy resolves the
-receiver), so a proxy on a private network is refused too: the proxy must
-enforce its own egress policy.
+Proxies (chosen in :mod:`forwarder.destinations.webhook.proxies`): the
+socket goes to the proxy and the proxy resolves the receiver, so the guard
+moves to where it can still see the final destination:
+
+* the proxy itself is trusted — the operator named it, and corporate
+  proxies live on private networks — so the connector lets the proxy's
+  addresses through (its literal IP, or what its name resolved to);
+* :class:`DestinationGuard` checks the receiver's host *before* the request
+  goes to the proxy: a private IP literal is refused, and a name is resolved
+  here and refused if *any* answer is private (the proxy, not we, picks the
+  address it connects to). A name that does not resolve here is refused
+  too: the guard fails closed, so with ``denyPrivateNetworks`` the forwarder
+  must be able to resolve what it sends to.
+
+The proxy resolves the name again, so a name that changes its answers
+between the two lookups (DNS rebinding) can still reach a private address
+behind the proxy: where that matters, the proxy must enforce its own egress
+policy as well.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import socket
 import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from forwarder.destinations.webhook.options import TlsConfig, WebhookForwarderConfig
+from forwarder.destinations.webhook.proxies import forwarder_urls, proxy_url
 from forwarder.errors import ForwarderError
 
 if TYPE_CHECKING:
@@ -119,6 +140,21 @@ class PrivateNetworkError(ForwarderError, OSError):
         return str(self.strerror)
 
 
+class UncheckedDestinationError(ForwarderError, OSError):
+    """A proxied request was refused because its host could not be resolved to be checked."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        message = (
+            f"refused: {host} does not resolve here ({reason}), and denyPrivateNetworks"
+            " must see its addresses before sending it to the proxy"
+        )
+        super().__init__(errno.EACCES, message)
+        self.host = host
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def _is_private_ip(ip: IPAddress) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
@@ -154,18 +190,46 @@ def is_private(address: str) -> bool:
     return _is_private_ip(ip)
 
 
-class PrivateNetworkGuard(AbstractResolver):
-    """A resolver that drops private addresses from another resolver's answers."""
+def _ip(address: str) -> IPAddress | None:
+    """``address`` as an IP address (brackets and ``%zone`` allowed), or None."""
+    try:
+        return ipaddress.ip_address(address.removeprefix("[").removesuffix("]").split("%")[0])
+    except ValueError:
+        return None
 
-    def __init__(self, resolver: AbstractResolver) -> None:
+
+class PrivateNetworkGuard(AbstractResolver):
+    """A resolver that drops private addresses from another resolver's answers.
+
+    ``proxies`` are the hosts of the forwarder's proxies: their answers are
+    kept whole and remembered, so that :meth:`open_socket` lets connections to
+    them through (the guard applies to the final destination, not the proxy).
+    """
+
+    def __init__(self, resolver: AbstractResolver, proxies: Iterable[str] = ()) -> None:
         self._resolver = resolver
         self._closed = False
+        self._proxy_names = {host.lower() for host in proxies if _ip(host) is None}
+        self.proxy_addresses = {ip for host in proxies if (ip := _ip(host)) is not None}
+
+    def open_socket(self, addr_info: AddrInfoType) -> socket.socket:
+        """A socket for ``addr_info``: a proxy's, or one :func:`guarded_socket` allows."""
+        family, type_, proto, _, address = addr_info
+        if _ip(str(address[0])) in self.proxy_addresses:
+            return socket.socket(family=family, type=type_, proto=proto)
+        return guarded_socket(addr_info)
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        """The public answers for ``host``; PrivateNetworkError if every answer is private."""
+        """The public answers for ``host``; PrivateNetworkError if every answer is private.
+
+        A proxy's answers are returned whole, and remembered for :meth:`open_socket`.
+        """
         answers = await self._resolver.resolve(host, port, family)
+        if host.lower() in self._proxy_names:
+            self.proxy_addresses.update(ip for a in answers if (ip := _ip(a["host"])) is not None)
+            return answers
         public = [answer for answer in answers if not is_private(answer["host"])]
         if answers and not public:
             raise PrivateNetworkError(answers[0]["host"], host)
@@ -187,11 +251,68 @@ def guarded_socket(addr_info: AddrInfoType) -> socket.socket:
     return socket.socket(family=family, type=type_, proto=proto)
 
 
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def _getaddrinfo(host: str, port: int) -> list[str]:
+    answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(answer[4][0]) for answer in answers]
+
+
+class DestinationGuard:
+    """``denyPrivateNetworks`` for requests sent through a proxy: checks the final host.
+
+    Answers are cached for ``ttl`` seconds (aiohttp's own DNS cache time), so
+    a busy forwarder does not resolve once per request; failures are not
+    cached. ``resolve`` is injectable for tests; it defaults to the system
+    resolver, as aiohttp's connector uses.
+    """
+
+    def __init__(
+        self,
+        resolve: Resolve = _getaddrinfo,
+        *,
+        ttl: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._resolve = resolve
+        self._ttl = ttl
+        self._clock = clock
+        self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+
+    async def check(self, url: str) -> None:
+        """Return if ``url``'s host is public, else raise (PrivateNetworkError and the like)."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if _ip(host) is not None:
+            if is_private(host):
+                raise PrivateNetworkError(host)
+            return
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        for address in await self._addresses(host, port):
+            if is_private(address):
+                raise PrivateNetworkError(address, host)
+
+    async def _addresses(self, host: str, port: int) -> list[str]:
+        now = self._clock()
+        cached = self._cache.get((host, port))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            addresses = await self._resolve(host, port)
+        except OSError as exc:
+            raise UncheckedDestinationError(host, str(exc.strerror or exc)) from None
+        if not addresses:
+            raise UncheckedDestinationError(host, "no addresses")
+        self._cache[(host, port)] = (now + self._ttl, addresses)
+        return addresses
+
+
 class _GuardedConnector(aiohttp.TCPConnector):
     """A TCPConnector with both guard layers; closes the resolver it was given."""
 
     def __init__(self, guard: PrivateNetworkGuard, **options: Any) -> None:
-        super().__init__(resolver=guard, socket_factory=guarded_socket, **options)
+        super().__init__(resolver=guard, socket_factory=guard.open_socket, **options)
         self._guard = guard
 
     async def close(self, *, abort_ssl: bool = False) -> None:
@@ -212,4 +333,6 @@ def build_connector(spec: WebhookForwarderConfig) -> aiohttp.TCPConnector:
     tls: ssl.SSLContext | bool = context if context is not None else True
     if not spec.deny_private_networks:
         return aiohttp.TCPConnector(ssl=tls)
-    return _GuardedConnector(PrivateNetworkGuard(DefaultResolver()), ssl=tls)
+    proxies = {proxy_url(spec, url) for url in forwarder_urls(spec)} - {None}
+    hosts = [URL(proxy).host or "" for proxy in proxies if proxy is not None]
+    return _GuardedConnector(PrivateNetworkGuard(DefaultResolver(), hosts), ssl=tls)

@@ -346,7 +346,7 @@ async def test_401_storm_then_token_fixed_then_replay_delivers_everything(
     code, out, _ = await run_cli("dead-letters", "list", "--config", conf, "--json")
     assert json.loads(out)["total"] == 0
     code, out, _ = await run_cli("dead-letters", "purge", "--config", conf)
-    assert code == 1  # purge needs --forwarder, --id or --all
+    assert code == 2  # a usage error: purge needs --forwarder, --id or --all
     assert await daemon.terminate() == 0
 
 
