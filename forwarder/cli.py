@@ -1,17 +1,26 @@
 """The ``audit-forwarder`` command line: the daemon, config checks, and operator commands.
 
-``status``, ``deliveries``, ``test`` and ``send`` talk to a running daemon
-through its admin API (see ``ops/client.py``), found from the same configuration
-file; a daemon that does not answer is reported in one line, exit code 1.
+``status``, ``deliveries``, ``test``, ``send`` and ``dead-letters`` talk to a
+running daemon through its admin API (``ops/commands.py``, ``ops/client.py``),
+found from the same configuration file: the Unix socket, or the TCP listener
+when the socket cannot be reached (said in one line on stderr). A daemon that
+does not answer is reported in one line, exit code 1. ``check-config`` and
+``render`` (``ops/render.py``) need no daemon; ``buffer check`` / ``salvage``
+work on the buffer file itself (``ops/buffer_commands.py``).
 
-``buffer check`` and ``buffer salvage`` work on the configured buffer file
-itself, with or without a daemon (see ``ops/buffer_commands.py``).
+Errors are said once, in the command line's terms (flags, forwarder names):
+``audit-forwarder: <message>`` on stderr, or with ``--json`` one JSON document
+on stdout, ``{"error": "<code>", "message": ...}``, so a script always reads
+stdout as JSON and decides by the exit code, which ``--json`` does not change.
+argparse's own usage errors stay text on stderr (``--json`` may be unparsed).
 
 This is the only module that calls ``asyncio.run`` or exits the process.
-Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error,
-3 the buffer file cannot be used (damaged, foreign, written by a newer
-version, unreadable, or held by another daemon): a supervisor restarting the
-daemon cannot fix that, an operator can.
+Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error
+(including an event ``render`` cannot read as one), 3 the buffer file cannot
+be used (damaged, foreign, written by a newer version, unreadable, or held by
+another daemon): a supervisor restarting the daemon cannot fix that, an
+operator can. Commands are imported when they run: ``--help``, ``--version``,
+``check-config`` and ``render`` load neither the daemon nor aiohttp's server.
 """
 
 from __future__ import annotations
@@ -22,10 +31,9 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from forwarder import __version__
 from forwarder.config.loading import load_config
@@ -33,17 +41,11 @@ from forwarder.config.settings import Settings
 from forwarder.errors import BufferUnusableError, ConfigError, ForwarderError
 from forwarder.event_loop import event_loop_runner
 from forwarder.logs import configure_logging
-from forwarder.ops.client import (
-    AdminClient,
-    format_dead_letters,
-    format_deliveries,
-    format_status,
-    format_test,
-    guess_content_type,
-)
+from forwarder.ops.commands import CommandError, Outcome, check_dead_letter_selection
 
 DEFAULT_CONFIG = "config.yaml"
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_BUFFER = 0, 1, 2, 3
+OPERATOR_COMMANDS = ("status", "deliveries", "test", "send", "dead-letters")
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -55,11 +57,38 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON for scripts (errors too, on stdout)"
+    )
+
+
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high`` (a usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} ({low}-{high})")
+        return value
+
+    return parse
+
+
+LIMIT = _int_in(1, 1000, "a number of rows")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="audit-forwarder",
         description="Forward local audit events durably to webhook endpoints.",
+    )
+    parser.add_argument(
+        "-V", "--version", action="version", version=f"audit-forwarder {__version__}"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -68,11 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     _add_config(check)
+    _add_json(check)
 
     receiver = commands.add_parser("receiver", help="a debug receiver that prints deliveries")
-    receiver.add_argument("--host", default="127.0.0.1")
-    receiver.add_argument("--port", type=int, default=9000)
-    receiver.add_argument("--status", type=int, default=200, help="HTTP status to answer")
+    receiver.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    receiver.add_argument(
+        "--port",
+        type=_int_in(0, 65535, "a port"),
+        default=9000,
+        help="port to listen on (default: 9000)",
+    )
+    receiver.add_argument(
+        "--status",
+        type=_int_in(100, 599, "an HTTP status"),
+        default=200,
+        help="HTTP status to answer every request with, 100-599 (default: 200)",
+    )
 
     status = commands.add_parser("status", help="show every forwarder's state")
     _add_config(status)
@@ -82,12 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(deliveries)
     _add_json(deliveries)
     deliveries.add_argument("name", help="forwarder name")
-    deliveries.add_argument("--limit", type=int, default=20, help="newest N attempts (max 1000)")
+    deliveries.add_argument("--limit", type=LIMIT, default=20, help="newest N attempts (max 1000)")
 
     test = commands.add_parser("test", help="send a test event to a forwarder's receiver")
     _add_config(test)
     _add_json(test)
     test.add_argument("name", help="forwarder name")
+
+    render = commands.add_parser(
+        "render", help="show the request a forwarder would send for an event, without sending it"
+    )
+    _add_config(render)
+    _add_json(render)
+    render.add_argument("name", help="forwarder name")
+    render.add_argument(
+        "--event",
+        metavar="FILE",
+        help="a file holding one JSON event, or - for stdin (default: a built-in sample event)",
+    )
 
     send = commands.add_parser("send", help="ingest JSON or NDJSON events from a file or stdin")
     _add_config(send)
@@ -99,14 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     for action, text in (
         ("list", "show dead letters, newest first"),
         ("replay", "put dead letters back into their forwarder's queue"),
-        ("purge", "delete dead letters"),
+        ("purge", "delete dead letters: --forwarder, --id or --all"),
     ):
         sub = dead_commands.add_parser(action, help=text)
         _add_config(sub)
         _add_json(sub)
         sub.add_argument("--forwarder", help="only this forwarder's dead letters")
         if action == "list":
-            sub.add_argument("--limit", type=int, default=50, help="newest N (max 1000)")
+            sub.add_argument("--limit", type=LIMIT, default=50, help="newest N (max 1000)")
         else:
             sub.add_argument(
                 "--id", dest="ids", action="append", default=[], help="an event id (repeatable)"
@@ -124,18 +178,45 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config(sub)
         _add_json(sub)
 
+    top = commands.add_parser("top", help="a live view of the forwarders, ingest and the buffer")
+    _add_config(top)
+    _add_json(top)
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
+    top.add_argument("--metrics-url", help="the metrics listener (default: from the config)")
+
     commands.add_parser("version", help="print the version")
     return parser
 
 
-def _add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2))
 
 
-def _load(path: str) -> Settings | None:
+def _fail(error: CommandError, as_json: bool) -> int:
+    """Report a failed command once: JSON on stdout, or one line on stderr."""
+    if as_json:
+        _print_json(error.to_json())
+    else:
+        print(f"audit-forwarder: {error.message}", file=sys.stderr)
+    return error.exit_code
+
+
+def _load(path: str, as_json: bool = False) -> Settings | None:
+    """The settings, or None once every problem is reported (the caller exits 2)."""
     try:
         return load_config(path)
     except ConfigError as exc:
+        if as_json:
+            problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+            _print_json(
+                {
+                    "error": "invalid_configuration",
+                    "message": f"invalid configuration {path}",
+                    "problems": problems,
+                }
+            )
+            return None
         print(f"audit-forwarder: invalid configuration {path}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
@@ -159,96 +240,107 @@ def _run(path: str) -> int:
         return EXIT_FAILURE
 
 
-def _check(path: str) -> int:
-    settings = _load(path)
+def _check(args: argparse.Namespace) -> int:
+    settings = _load(args.config, args.json)
     if settings is None:
         return EXIT_CONFIG
-    names = ", ".join(settings.forwarder_names())
-    print(f"{path}: OK ({len(settings.audit_log_forwarders)} forwarder(s): {names})")
+    names = settings.forwarder_names()
+    if args.json:
+        _print_json({"config": args.config, "ok": True, "forwarders": names})
+    else:
+        print(f"{args.config}: OK ({len(names)} forwarder(s): {', '.join(names)})")
     return EXIT_OK
 
 
 def _receiver(host: str, port: int, status: int) -> int:
-    from forwarder.ops.receiver import run_receiver
+    from forwarder.ops.receiver import ReceiverBindError, run_receiver
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_receiver(host, port, status))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_receiver(host, port, status))
+    except ReceiverBindError as exc:
+        print(f"audit-forwarder: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
-def _read_input(file: str) -> bytes:
-    if file == "-":
-        return sys.stdin.buffer.read()
-    with open(file, "rb") as source:
-        return source.read()
+def _top(args: argparse.Namespace) -> int:
+    settings = _load(args.config, args.json)
+    if settings is None:
+        return EXIT_CONFIG
+    from forwarder.ops.top import run_top  # imported late: other commands stay light
+
+    view = run_top(
+        settings,
+        metrics_url=args.metrics_url,
+        interval=args.interval,
+        once=args.once,
+        as_json=args.json,
+    )
+    try:
+        return asyncio.run(view)
+    except KeyboardInterrupt:
+        return EXIT_OK  # Ctrl-C is how a live view ends
+    except ForwarderError as exc:  # the daemon did not answer
+        return _fail(CommandError("daemon_unreachable", str(exc)), args.json)
 
 
-async def _operator(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
-    """Run one operator command; return its JSON answer and its rendering."""
-    client = AdminClient(settings)
-    if args.command == "status":
-        payload = await client.request("GET", "/v1/forwarders")
-        return payload, format_status(payload)
-    if args.command == "deliveries":
-        name = quote(args.name, safe="")
-        payload = await client.request(
-            "GET", f"/v1/forwarders/{name}/deliveries?limit={args.limit}"
-        )
-        return payload, format_deliveries(payload)
-    if args.command == "test":
-        payload = await client.request("POST", f"/v1/forwarders/{quote(args.name, safe='')}/test")
-        return payload, format_test(payload)
-    if args.command == "dead-letters":
-        return await _dead_letters(client, args)
-    data = _read_input(args.file)
-    payload = await client.request("POST", "/v1/events", data, guess_content_type(data))
-    return payload, f"accepted {payload['accepted']} event(s), {payload['duplicates']} duplicate(s)"
+def _notice(line: str) -> None:
+    print(f"audit-forwarder: {line}", file=sys.stderr)
 
 
-async def _dead_letters(client: AdminClient, args: argparse.Namespace) -> tuple[Any, str]:
-    if args.action == "list":
-        query = f"?limit={args.limit}"
-        if args.forwarder:
-            query += f"&forwarder={quote(args.forwarder, safe='')}"
-        payload = await client.request("GET", f"/v1/dead-letters{query}")
-        return payload, format_dead_letters(payload)
-    selection: dict[str, Any] = {"ids": args.ids}
-    if args.forwarder:
-        selection["forwarder"] = args.forwarder
-    if args.action == "purge":
-        selection["all"] = args.all
-    body = json.dumps(selection).encode()
-    payload = await client.request("POST", f"/v1/dead-letters/{args.action}", body)
-    if args.action == "replay":
-        text = f"replayed {payload['replayed']} dead letter(s)"
-        if payload["skipped_unknown_forwarder"]:
-            text += f", skipped {payload['skipped_unknown_forwarder']} of removed forwarders"
-        return payload, text
-    return payload, f"purged {payload['purged']} dead letter(s)"
+def _print_outcome(outcome: Outcome, as_json: bool) -> int:
+    failure = outcome.failure
+    if as_json:
+        # One document: the answer, and the failure's keys when part of it failed.
+        _print_json({**outcome.payload, **failure.to_json()} if failure else outcome.payload)
+    else:
+        print(outcome.text)
+        if failure is not None:
+            print(f"audit-forwarder: {failure.message}", file=sys.stderr)
+    return outcome.exit_code
 
 
 def _operator_command(args: argparse.Namespace) -> int:
-    settings = _load(args.config)
+    settings = _load(args.config, args.json)
     if settings is None:
         return EXIT_CONFIG
+    from forwarder.ops.commands import run_operator
+
     try:
-        payload, text = asyncio.run(_operator(args, settings))
-    except OSError as exc:
-        print(f"audit-forwarder: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except ForwarderError as exc:
-        print(f"audit-forwarder: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(json.dumps(payload, indent=2) if args.json else text)
-    if args.command == "test" and not payload.get("ok"):
-        return EXIT_FAILURE
+        if args.command == "dead-letters":
+            check_dead_letter_selection(args)  # before anything is sent
+        outcome = asyncio.run(run_operator(args, settings, _notice))
+    except CommandError as exc:
+        return _fail(exc, args.json)
+    except ForwarderError as exc:  # the daemon did not answer
+        return _fail(CommandError("daemon_unreachable", str(exc)), args.json)
+    return _print_outcome(outcome, args.json)
+
+
+def _render(args: argparse.Namespace) -> int:
+    settings = _load(args.config, args.json)
+    if settings is None:
+        return EXIT_CONFIG
+    from forwarder.ops.render import format_render, read_event, render
+
+    try:
+        data, source = read_event(args.event)
+        result = render(settings, args.name, data, source)
+    except CommandError as exc:
+        return _fail(exc, args.json)
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_render(result))
     return EXIT_OK
 
 
 def _buffer_command(args: argparse.Namespace) -> int:
-    settings = _load(args.config)
+    settings = _load(args.config, args.json)
     if settings is None:
         return EXIT_CONFIG
+    from forwarder.destinations.webhook.formats import rfc3339
     from forwarder.ops.buffer_commands import USABLE, check_buffer, salvage_buffer
 
     try:
@@ -257,10 +349,18 @@ def _buffer_command(args: argparse.Namespace) -> int:
         else:
             payload, text = salvage_buffer(settings)
     except BufferUnusableError as exc:
-        print(f"audit-forwarder: {exc}", file=sys.stderr)
         # Nothing there to salvage is a failed command, not an unusable buffer.
-        return EXIT_FAILURE if exc.kind == "missing" else EXIT_BUFFER
-    print(json.dumps(payload, indent=2) if args.json else text)
+        code = EXIT_FAILURE if exc.kind == "missing" else EXIT_BUFFER
+        error = CommandError("buffer_unusable", str(exc), code, {"kind": exc.kind})
+        return _fail(error, args.json)
+    if args.json:
+        # One time format in every JSON output: the check reports Unix times.
+        for forwarder in (payload.get("summary") or {}).get("forwarders", []):
+            if forwarder.get("oldest_pending_at") is not None:
+                forwarder["oldest_pending_at"] = rfc3339(forwarder["oldest_pending_at"])
+        _print_json(payload)
+    else:
+        print(text)
     if args.action == "check" and payload["status"] not in USABLE:
         return EXIT_BUFFER
     return EXIT_OK
@@ -272,13 +372,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args.config)
     if args.command == "check-config":
-        return _check(args.config)
+        return _check(args)
     if args.command == "receiver":
         return _receiver(args.host, args.port, args.status)
-    if args.command in ("status", "deliveries", "test", "send", "dead-letters"):
+    if args.command in OPERATOR_COMMANDS:
         return _operator_command(args)
+    if args.command == "render":
+        return _render(args)
     if args.command == "buffer":
         return _buffer_command(args)
+    if args.command == "top":
+        return _top(args)
     print(f"audit-forwarder {__version__}")
     return EXIT_OK
 

@@ -6,7 +6,9 @@ it). A replay appends the event again with ``only_forwarder`` set — so only
 that forwarder receives it, after what is already queued — and deletes the
 dead-letter row in the same transaction: the event is never in both places,
 nor in neither. Replay after fixing a bad token is the normal way out of a
-401 storm.
+401 storm. A replay by id says which of the ids it was given matched no dead
+letter (a typo, or one already replayed or purged), so that the operator is
+not told "done" when nothing was.
 """
 
 from __future__ import annotations
@@ -83,11 +85,16 @@ async def replay(
     forwarders: Collection[str],
     forwarder: str | None,
     event_ids: Sequence[str],
-) -> dict[str, int]:
-    """Re-queue matching dead letters to their forwarder; return what was done."""
+) -> dict[str, Any]:
+    """Re-queue matching dead letters to their forwarder; return what was done.
+
+    ``{"replayed": N, "skipped_unknown_forwarder": M}``, plus ``"not_found"``
+    (in the order given) when some of ``event_ids`` matched no dead letter.
+    """
     where, parameters = _where(forwarder, event_ids)
     replayed = skipped = 0
     after = 0
+    missing = dict.fromkeys(event_ids)
     while True:
         clause = f"{where} AND id > ?" if where else " WHERE id > ?"
         rows = await buffer.query(
@@ -96,8 +103,13 @@ async def replay(
             (*parameters, after, REPLAY_CHUNK),
         )
         if not rows:
-            return {"replayed": replayed, "skipped_unknown_forwarder": skipped}
+            result: dict[str, Any] = {"replayed": replayed, "skipped_unknown_forwarder": skipped}
+            if missing:
+                result["not_found"] = list(missing)
+            return result
         after = rows[-1][0]
+        for row in rows:
+            missing.pop(row[2], None)
         wanted = [row for row in rows if row[1] in forwarders]
         skipped += len(rows) - len(wanted)
         if wanted:

@@ -6,17 +6,24 @@ as ``auditLogForwarders[1].method: must be one of POST, PUT, PATCH``. An
 unknown key gets a did-you-mean hint from the keys of the model that holds it,
 and a value is echoed only through ``reprlib`` (a hostile value must not be
 printed whole, and a secret pasted into the wrong key must not be echoed).
+
+A value can also come from an ``AUDIT_FORWARDER_*`` environment variable,
+which the operator will not find in the file, so a problem in such a value
+names the variable after its path: ``ingest.port (from
+AUDIT_FORWARDER_INGEST__PORT): input should be a valid integer``.
 """
 
 from __future__ import annotations
 
 import difflib
 import reprlib
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_snake
 
-from forwarder.config.settings import Settings
+from forwarder.config.settings import ENV_PREFIX, Settings
 from forwarder.errors import ConfigProblem
 
 
@@ -76,16 +83,68 @@ def _message(error: Any) -> str:
     return message[:1].lower() + message[1:]
 
 
-def problems_from(exc: ValidationError) -> list[ConfigProblem]:
-    """Translate a pydantic ValidationError into YAML-path problems."""
+class EnvironmentOrigins:
+    """Which ``AUDIT_FORWARDER_*`` variable, if any, supplied the value at a location.
+
+    ``overrides`` is what the environment contributed to the document (the
+    camelCase tree pydantic-settings built from the variables). A location
+    came from a variable when the tree holds it and a variable is named for
+    it or for one of its parents: ``AUDIT_FORWARDER_INGEST__PORT`` for
+    ``ingest.port``, or a whole section given as JSON
+    (``AUDIT_FORWARDER_AUDIT_LOG_FORWARDERS`` for ``auditLogForwarders[0].uri``).
+    """
+
+    def __init__(self, overrides: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+        self._overrides = overrides
+        # pydantic-settings matches names case-insensitively; report them as they are set.
+        self._names = {name.upper(): name for name in environ}
+
+    def variable(self, location: tuple[int | str, ...]) -> str | None:
+        """The variable that set the value at ``location``, or None when the file did."""
+        if not location or not self._holds(location):
+            return None
+        keys: list[str] = []
+        for part in location:
+            if not isinstance(part, str):
+                break  # lists come whole from one variable, as JSON
+            keys.append(to_snake(part).upper())
+        for length in range(len(keys), 0, -1):
+            name = self._names.get(ENV_PREFIX + "__".join(keys[:length]))
+            if name is not None:
+                return name
+        return None
+
+    def _holds(self, location: tuple[int | str, ...]) -> bool:
+        value: Any = self._overrides
+        for part in location:
+            in_mapping = isinstance(value, Mapping) and isinstance(part, str) and part in value
+            in_list = isinstance(value, list) and isinstance(part, int) and part < len(value)
+            if not (in_mapping or in_list):
+                return False
+            value = value[part]
+        return True
+
+
+def problems_from(
+    exc: ValidationError, origins: EnvironmentOrigins | None = None
+) -> list[ConfigProblem]:
+    """Translate a pydantic ValidationError into YAML-path problems.
+
+    With ``origins``, a value that came from an environment variable is
+    located as ``path (from VARIABLE)``.
+    """
     problems = []
     for error in exc.errors(include_url=False):
         location, message = tuple(error["loc"]), _message(error)
         key = location[-1] if location else None
+        variable = origins.variable(location) if origins is not None else None
         if error["type"] == "extra_forbidden" and isinstance(key, str) and ":" in key:
             # `{token:SECRET}` (no space after the colon) is a single key in a flow
             # mapping: echo only what precedes the colon, the rest may be a secret.
             location = (*location[:-1], f"{key.partition(':')[0]}:...")
             message = "unknown key (missing a space after ':'?)"
-        problems.append(ConfigProblem(format_location(location), message))
+        path = format_location(location)
+        if variable is not None:
+            path = f"{path} (from {variable})"
+        problems.append(ConfigProblem(path, message))
     return problems

@@ -14,6 +14,11 @@ Design decisions:
 * Secrets are ``SecretStr``. Reading the file, ``${VAR}`` expansion, the
   ``*File`` secrets and the checks that need them are in ``loading.py``; the
   translation of pydantic's errors into YAML paths is in ``problems.py``.
+* Paths here are as written; ``loading.py`` resolves relative ones against
+  the configuration file's directory (the default ``./data/buffer.db``
+  included), which a model cannot know.
+* Validators report every problem they find, not the first (see
+  :func:`forwarder.destinations.webhook.options.refuse`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pydantic_settings import (
 )
 
 from forwarder.destinations.options import Model as _Model
+from forwarder.destinations.options import refuse
 from forwarder.destinations.webhook.auth import forwarder_secrets
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 
@@ -63,12 +69,14 @@ class IngestConfig(_Model):
 
     @model_validator(mode="after")
     def _some_listener(self) -> IngestConfig:
+        problems = []
         if self.token is not None and self.token_file is not None:
-            raise ValueError("set token or tokenFile, not both")
+            problems.append("set token or tokenFile, not both")
         if self.port is None and self.unix_socket is None:
-            raise ValueError("at least one of port and unixSocket must be set")
+            problems.append("at least one of port and unixSocket must be set")
         if self.max_event_bytes > self.max_request_bytes:
-            raise ValueError("maxEventBytes must not exceed maxRequestBytes")
+            problems.append("maxEventBytes must not exceed maxRequestBytes")
+        refuse(type(self).__name__, problems)
         return self
 
 
@@ -144,12 +152,14 @@ class Settings(BaseSettings):
     @classmethod
     def _names(cls, specs: list[WebhookForwarderConfig]) -> list[WebhookForwarderConfig]:
         seen: set[str] = set()
+        problems = []
         for index, spec in enumerate(specs):
             if spec.name is None:
                 object.__setattr__(spec, "name", f"{spec.kind}-{index}")
             if spec.name in seen:
-                raise ValueError(f"forwarder name {spec.name!r} is used twice")
+                problems.append(f"forwarder name {spec.name!r} is used twice")
             seen.add(str(spec.name))
+        refuse(cls.__name__, list(dict.fromkeys(problems)))
         return specs
 
     def forwarder_names(self) -> list[str]:
@@ -184,3 +194,12 @@ class _CamelEnvSource(EnvSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(_camelize(super().__call__()))
+
+
+def environment_overrides() -> dict[str, Any]:
+    """What the ``AUDIT_FORWARDER_*`` variables set, as the camelCase tree merged over the file.
+
+    Raises pydantic-settings' ``SettingsError`` when a whole-section variable
+    is not valid JSON, as building :class:`Settings` does.
+    """
+    return _CamelEnvSource(Settings)()

@@ -37,6 +37,11 @@ the buffer, the metrics and the history — and returns the whole invocation
 with secrets masked, like the "View invocation data" panel of the products
 our users compare us with. The workers live in the delivery process; the
 handlers reach them through the ``Forwarders`` interface.
+
+Answers are uniform, for scripts: every time is RFC 3339 UTC with milliseconds
+(``2026-11-29T23:10:00.123Z``); every ``status`` an integer HTTP status (null
+without an HTTP answer) beside ``code``, the attempt's label (``"timeout"``);
+an unknown forwarder is a 404 listing ``known_forwarders``.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ from aiohttp import hdrs, web
 from forwarder.buffer import dead_letters
 from forwarder.buffer.history import unpack_event_ids
 from forwarder.buffer.store import EventBuffer
-from forwarder.delivery.forwarders import Forwarders, UnknownForwarderError, iso
+from forwarder.delivery.forwarders import Forwarders, UnknownForwarderError
+from forwarder.destinations.webhook.formats import rfc3339
 from forwarder.errors import IngestError
 from forwarder.ingest.api import check_token
 from forwarder.logs import get_logger
@@ -84,12 +90,27 @@ class AdminContext:
 ADMIN_KEY = web.AppKey("admin_context", AdminContext)
 
 
+class UnknownForwarderRefusal(IngestError):
+    """404 ``unknown_forwarder``; ``known`` are the names the caller could have meant."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(404, "unknown_forwarder", f"no forwarder named {name!r}")
+        self.known = known
+
+
 def _json(payload: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
 
 
-def _error(status: int, reason: str, message: str) -> web.Response:
-    return _json({"error": reason, "message": message}, status)
+def _error(error: IngestError) -> web.Response:
+    payload: dict[str, Any] = {"error": error.reason, "message": error.message}
+    if isinstance(error, UnknownForwarderRefusal):
+        payload["known_forwarders"] = error.known
+    return _json(payload, error.status)
+
+
+def _time(timestamp: float | None) -> str | None:
+    return None if timestamp is None else rfc3339(timestamp)
 
 
 def _is_local(request: web.Request, transport: str) -> bool:
@@ -191,9 +212,27 @@ def _log_refusal(request: web.Request, error: IngestError) -> None:
 
 def _forwarder_name(request: web.Request, context: AdminContext) -> str:
     name = request.match_info["name"]
-    if name not in context.forwarders.names():
-        raise IngestError(404, "unknown_forwarder", f"no forwarder named {name!r}")
+    known = context.forwarders.names()
+    if name not in known:
+        raise UnknownForwarderRefusal(name, known)
     return name
+
+
+async def _dead_letter_forwarder(context: AdminContext, name: str | None) -> None:
+    """Refuse a forwarder that is neither configured nor holding dead letters.
+
+    A forwarder removed from the configuration keeps its dead letters until
+    they are purged, so its name still selects them.
+    """
+    known = context.forwarders.names()
+    if name is None or name in known:
+        return
+    if await context.buffer.query(
+        "SELECT 1 FROM dead_letters WHERE forwarder = ? LIMIT 1", (name,)
+    ):
+        return
+    rows = await context.buffer.query("SELECT DISTINCT forwarder FROM dead_letters")
+    raise UnknownForwarderRefusal(name, known + sorted({r[0] for r in rows} - set(known)))
 
 
 async def list_forwarders(request: web.Request, context: AdminContext) -> web.Response:
@@ -204,6 +243,12 @@ async def list_forwarders(request: web.Request, context: AdminContext) -> web.Re
     forwarders = await context.forwarders.statuses()
     for forwarder in forwarders:
         forwarder["dead_letters"] = int(dead.get(forwarder["name"], 0))
+        # The workers report the last attempt's label ("503", "timeout") as its
+        # status; shown as deliveries are: an integer status, and the label.
+        attempt = forwarder["last_attempt"]
+        label = attempt.get("status")
+        attempt["status"] = int(label) if isinstance(label, str) and label.isdigit() else None
+        attempt["code"] = label
     return _json({"forwarders": forwarders})
 
 
@@ -231,7 +276,7 @@ async def list_deliveries(request: web.Request, context: AdminContext) -> web.Re
     )
     deliveries = [
         {
-            "at": iso(at),
+            "at": _time(at),
             "attempt": attempt,
             "events": events,
             "event_ids": unpack_event_ids(event_ids),
@@ -256,7 +301,8 @@ async def test_forwarder(request: web.Request, context: AdminContext) -> web.Res
     try:
         return _json(await context.forwarders.test(name))
     except UnknownForwarderError:
-        raise IngestError(404, "unknown_forwarder", f"no forwarder named {name!r}") from None
+        # Removed by a reload while the request was on its way.
+        raise UnknownForwarderRefusal(name, context.forwarders.names()) from None
 
 
 async def _selection(request: web.Request) -> tuple[str | None, list[str], bool]:
@@ -289,24 +335,27 @@ async def _selection(request: web.Request) -> tuple[str | None, list[str], bool]
 async def get_dead_letters(request: web.Request, context: AdminContext) -> web.Response:
     """``GET /v1/dead-letters?forwarder=NAME&limit=N``: newest first, with the total."""
     limit = _limit(request)
-    payload = await dead_letters.list_dead_letters(
-        context.buffer, request.query.get("forwarder"), limit
-    )
+    forwarder = request.query.get("forwarder")
+    await _dead_letter_forwarder(context, forwarder)
+    payload = await dead_letters.list_dead_letters(context.buffer, forwarder, limit)
     for letter in payload["dead_letters"]:
         # As for deliveries: what the receiver said may echo a credential.
         for key in ("reason", "response_body"):
             if letter[key]:
                 letter[key] = masker.mask(letter[key])
+        letter["received_at"] = _time(letter["received_at"])
+        letter["dead_at"] = _time(letter["dead_at"])
     return _json(payload)
 
 
 async def replay_dead_letters(request: web.Request, context: AdminContext) -> web.Response:
     """``POST /v1/dead-letters/replay``: back into the forwarder's queue."""
     forwarder, ids, _ = await _selection(request)
-    names = set(context.forwarders.names())
-    if forwarder is not None and forwarder not in names:
-        raise IngestError(404, "unknown_forwarder", f"no forwarder named {forwarder!r}")
-    result = await dead_letters.replay(context.buffer, names, forwarder, ids)
+    known = context.forwarders.names()
+    if forwarder is not None and forwarder not in known:
+        # No replay to a removed forwarder: there is no queue to put them in.
+        raise UnknownForwarderRefusal(forwarder, known)
+    result = await dead_letters.replay(context.buffer, set(known), forwarder, ids)
     log.info("dead_letters_replayed", forwarder=forwarder, **result)
     return _json(result)
 
@@ -316,6 +365,7 @@ async def purge_dead_letters(request: web.Request, context: AdminContext) -> web
     forwarder, ids, everything = await _selection(request)
     if forwarder is None and not ids and not everything:
         raise IngestError(400, "malformed", 'say which: "forwarder", "ids", or "all": true')
+    await _dead_letter_forwarder(context, forwarder)
     purged = await dead_letters.purge(context.buffer, forwarder, ids)
     log.info("dead_letters_purged", forwarder=forwarder, purged=purged)
     return _json({"purged": purged})
@@ -332,11 +382,11 @@ def add_admin_routes(app: web.Application, context: AdminContext, transport: str
                 _authorise(request, transport, context)
             except IngestError as exc:
                 _log_refusal(request, exc)
-                return _error(exc.status, exc.reason, exc.message)
+                return _error(exc)
             try:
                 response: web.StreamResponse = await handler(request, context)
             except IngestError as exc:
-                return _error(exc.status, exc.reason, exc.message)
+                return _error(exc)
             return response
 
         return wrapped

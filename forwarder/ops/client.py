@@ -13,12 +13,21 @@ sends names loopback — ``localhost:PORT`` over TCP, whatever the configured
 address is called (a host name that ``/etc/hosts`` maps to 127.0.1.1 is
 loopback, but the API cannot know that from the name), and ``localhost`` on
 the Unix socket, where the URL's host is only a placeholder.
+
+When the Unix socket cannot be reached — the file is missing, nothing
+listens on it, or this user may not open it (mode 0660, another group) — and
+the configuration also has a TCP listener, the client tries that instead
+and says so in one line: the daemon may well be running with a socket the
+operator cannot use. Only a failure to *connect* falls back, never a request
+that reached the daemon, so nothing is ever sent twice. When neither
+answers, the one error names both.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -42,25 +51,39 @@ class AdminRequestError(ForwarderError):
 
     def __init__(self, status: int, payload: Any) -> None:
         self.status = status
-        self.payload = payload
-        message = payload.get("message") if isinstance(payload, dict) else None
-        super().__init__(f"HTTP {status}: {message or payload}")
+        self.payload = payload if isinstance(payload, dict) else {"message": str(payload)}
+        self.reason = str(self.payload.get("error") or f"http_{status}")
+        self.message = str(self.payload.get("message") or f"HTTP {status}")
+        super().__init__(f"HTTP {status}: {self.message}")
+
+
+class _ConnectFailed(Exception):
+    """No connection could be made (nothing was sent); ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class AdminClient:
-    """Talks to a running daemon's ingest listener. Constructing it does no I/O."""
+    """Talks to a running daemon's ingest listener. Constructing it does no I/O.
 
-    def __init__(self, settings: Settings) -> None:
+    ``notice`` receives the one line saying that the Unix socket could not be
+    reached and TCP was used instead.
+    """
+
+    def __init__(self, settings: Settings, notice: Callable[[str], None] | None = None) -> None:
         ingest = settings.ingest
         self._socket = str(ingest.unix_socket) if ingest.unix_socket is not None else None
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(ingest.host, ingest.host)
         host = f"[{host}]" if ":" in host else host
+        self._tcp = f"{host}:{ingest.port}" if ingest.port is not None else None
+        # Port 0 is picked by the kernel at each start: nothing to fall back on.
+        self._fallback = bool(ingest.port)
         self.address = f"unix:{self._socket}" if self._socket else f"{host}:{ingest.port}"
-        self._base = f"http://{LOOPBACK_HOST}" if self._socket else f"http://{host}:{ingest.port}"
         token = ingest.token.get_secret_value() if ingest.token is not None else None
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        if not self._socket:
-            self._headers["Host"] = f"{LOOPBACK_HOST}:{ingest.port}"
+        self._notice = notice or (lambda line: None)
 
     async def request(
         self,
@@ -70,25 +93,84 @@ class AdminClient:
         content_type: str = "application/json",
     ) -> Any:
         """Send one request; return the decoded JSON answer or raise."""
-        connector = aiohttp.UnixConnector(path=self._socket) if self._socket else None
         headers = dict(self._headers)
         # Without a body aiohttp would label a POST application/octet-stream,
         # which the admin API refuses (415) for calls that change state.
         if body is not None or method.upper() not in SAFE_METHODS:
             headers["Content-Type"] = content_type
+        if self._socket is None:
+            return await self._over_tcp(method, path, body, headers, None)
+        try:
+            return await self._send(self._socket, method, path, body, headers)
+        except _ConnectFailed as failure:
+            if not self._fallback:
+                raise self._unreachable(self.address, failure.reason) from None
+            socket_failure = f"unix:{self._socket} ({failure.reason})"
+        # Later requests of this command go straight to TCP.
+        self._socket, self.address = None, str(self._tcp)
+        return await self._over_tcp(method, path, body, headers, socket_failure)
+
+    async def _over_tcp(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        socket_failure: str | None,
+    ) -> Any:
+        try:
+            answer = await self._send(None, method, path, body, headers)
+        except _ConnectFailed as failure:
+            tried = f"{socket_failure} nor at " if socket_failure else ""
+            raise self._unreachable(f"{tried}{self._tcp}", failure.reason) from None
+        except AdminRequestError:
+            if socket_failure:
+                self._announce(socket_failure)
+            raise
+        if socket_failure:
+            self._announce(socket_failure)
+        return answer
+
+    def _announce(self, socket_failure: str) -> None:
+        self._notice(f"cannot reach the daemon at {socket_failure}; used TCP {self._tcp} instead")
+
+    @staticmethod
+    def _unreachable(where: str, reason: str) -> DaemonUnreachableError:
+        return DaemonUnreachableError(
+            f"cannot reach the daemon at {where} (is it running?): {reason}"
+        )
+
+    async def _send(
+        self,
+        socket: str | None,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+    ) -> Any:
+        """One request over the socket (a path) or TCP (None); ``_ConnectFailed`` if not sent."""
+        connector = aiohttp.UnixConnector(path=socket) if socket else None
+        base = f"http://{LOOPBACK_HOST}" if socket else f"http://{self._tcp}"
+        if not socket:
+            port = (self._tcp or "").rpartition(":")[2]
+            headers = {**headers, "Host": f"{LOOPBACK_HOST}:{port}"}
         try:
             async with (
                 aiohttp.ClientSession(
                     connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)
                 ) as session,
-                session.request(method, self._base + path, data=body, headers=headers) as answer,
+                session.request(method, base + path, data=body, headers=headers) as answer,
             ):
                 raw = await answer.read()
                 status = answer.status
-        except (aiohttp.ClientConnectionError, FileNotFoundError, TimeoutError) as exc:
-            raise DaemonUnreachableError(
-                f"cannot reach the daemon at {self.address} (is it running?): {type(exc).__name__}"
-            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise _ConnectFailed(_reason(exc.os_error)) from None
+        except FileNotFoundError as exc:
+            raise _ConnectFailed(_reason(exc)) from None
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            # The request may have reached the daemon: never retried elsewhere.
+            where = f"unix:{socket}" if socket else self._tcp
+            raise self._unreachable(str(where), type(exc).__name__) from None
         try:
             payload = json.loads(raw)
         except ValueError:
@@ -96,6 +178,11 @@ class AdminClient:
         if status >= 400:
             raise AdminRequestError(status, payload)
         return payload
+
+
+def _reason(error: OSError) -> str:
+    """``Connection refused``, ``Permission denied``: the system's words, not a repr."""
+    return os.strerror(error.errno) if error.errno else str(error) or type(error).__name__
 
 
 def guess_content_type(data: bytes) -> str:
@@ -129,10 +216,12 @@ def format_status(payload: dict[str, Any]) -> str:
             f["pending"],
             f"{f['oldest_pending_age_seconds']:.1f}s",
             f["last_attempt"]["at"],
-            f["last_attempt"]["status"],
+            f["last_attempt"].get("code"),
             f["last_success_at"],
             f["consecutive_failures"],
             f["dead_letters"],
+            # Seconds waited for rateLimit; "*" while a request waits now.
+            f"{f.get('throttled_seconds', 0.0):.1f}s{'*' if f.get('throttled') else ''}",
         )
         for f in payload["forwarders"]
     ]
@@ -148,6 +237,7 @@ def format_status(payload: dict[str, Any]) -> str:
         "LAST SUCCESS",
         "FAILURES",
         "DEAD",
+        "THROTTLED",
     )
     return table(headers, rows)
 
@@ -191,6 +281,8 @@ def format_test(payload: dict[str, Any]) -> str:
     error = payload.get("error")
     if error:
         lines.append(f"error: {error['code']}: {error['message']}")
+    if payload.get("hint"):
+        lines.append(f"hint: {payload['hint']}")
     return "\n".join(lines)
 
 

@@ -11,6 +11,9 @@ well-known secret query parameter (``?token=***``), as the daemon's display
 URLs show them. The receiver has no configuration to learn other secrets
 from. Bodies are printed: showing what the destination would receive is the
 receiver's purpose.
+
+A port it cannot listen on (in use, privileged) is a
+:class:`ReceiverBindError`, which the command line reports in one line.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import TextIO
@@ -25,7 +29,12 @@ from typing import TextIO
 from aiohttp import web
 
 from forwarder.destinations.webhook.auth import SECRET_HEADERS, mask_url
+from forwarder.errors import ForwarderError
 from forwarder.secrets import MASK
+
+
+class ReceiverBindError(ForwarderError):
+    """The receiver cannot listen on the address it was given."""
 
 
 def _mask(name: str, value: str) -> str:
@@ -68,7 +77,13 @@ async def run_receiver(host: str, port: int, status: int) -> None:
     """Serve until cancelled (Ctrl-C)."""
     runner = web.AppRunner(build_receiver_app(status), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        # asyncio's message repeats the address; the errno's words do not.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ReceiverBindError(f"cannot listen on {host}:{port}: {reason}") from None
     print(f"receiver listening on http://{host}:{port}/ (answering {status})", flush=True)
     try:
         await asyncio.Event().wait()

@@ -66,6 +66,29 @@ def test_expanded_values_are_not_expanded_again(
     assert token.get_secret_value() == "${HOME}"
 
 
+def test_double_dollar_escapes_a_literal_placeholder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``$${VAR}`` writes ``${VAR}`` unexpanded; ``$$`` and ``${VAR}`` beside it work as usual."""
+    monkeypatch.setenv("FWD_TEST_TOKEN", "from-env")
+    monkeypatch.delenv("FWD_TEST_LITERAL", raising=False)
+
+    settings = load(
+        tmp_path,
+        """\
+        auditLogForwarders:
+          - kind: webhook
+            uri: "https://a.example/in?cost=$$5"
+            token: "$${FWD_TEST_LITERAL}-${FWD_TEST_TOKEN}-$${"
+        """,
+    )
+
+    forwarder = settings.audit_log_forwarders[0]
+    assert forwarder.uri == "https://a.example/in?cost=$$5"
+    assert forwarder.token is not None
+    assert forwarder.token.get_secret_value() == "${FWD_TEST_LITERAL}-from-env-${"
+
+
 def test_missing_env_variables_are_problems_at_their_yaml_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -146,7 +169,8 @@ def test_environment_can_supply_the_forwarders_as_json(
         (
             "AUDIT_FORWARDER_INGEST__PORT",
             "abc",
-            "ingest.port: input should be a valid integer, unable to parse string as an integer",
+            "ingest.port (from AUDIT_FORWARDER_INGEST__PORT): input should be a valid integer,"
+            " unable to parse string as an integer",
         ),
         (
             "AUDIT_FORWARDER_INGEST__MAX_REQUEST_BYTES",
@@ -156,22 +180,57 @@ def test_environment_can_supply_the_forwarders_as_json(
         (
             "AUDIT_FORWARDER_INGEST__PROT",
             "1",
-            "ingest.prot: unknown key (did you mean port?)",
+            "ingest.prot (from AUDIT_FORWARDER_INGEST__PROT): unknown key (did you mean port?)",
         ),
-        ("AUDIT_FORWARDER_LOGGING__LEVEL", "loud", "logging.level: must be one of debug, info"),
+        (
+            "AUDIT_FORWARDER_LOGGING__LEVEL",
+            "loud",
+            "logging.level (from AUDIT_FORWARDER_LOGGING__LEVEL): must be one of debug, info",
+        ),
     ],
     ids=["port", "cross-field", "unknown-key", "literal"],
 )
 def test_environment_overrides_are_validated_like_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, problem: str
 ) -> None:
-    """An invalid override is a problem at the YAML path it overrides."""
+    """An invalid override is a problem at the YAML path it overrides, naming the variable."""
     monkeypatch.setenv(name, value)
 
     found = problems(tmp_path, ONE_FORWARDER)
 
     assert len(found) == 1
     assert found[0].startswith(problem)
+
+
+def test_a_forwarder_list_from_the_environment_is_named_in_its_problems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad value inside AUDIT_FORWARDER_AUDIT_LOG_FORWARDERS names that variable."""
+    monkeypatch.setenv(
+        "AUDIT_FORWARDER_AUDIT_LOG_FORWARDERS", '[{"kind": "webhook", "uri": "ftp://x"}]'
+    )
+
+    found = problems(tmp_path, ONE_FORWARDER)
+
+    assert found == [
+        "auditLogForwarders[0].uri (from AUDIT_FORWARDER_AUDIT_LOG_FORWARDERS):"
+        " must be an absolute http:// or https:// URL"
+    ]
+
+
+def test_a_bad_value_in_the_file_is_not_blamed_on_a_variable_of_its_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With AUDIT_FORWARDER_INGEST__HOST set, a bad ingest.port of the file is the file's."""
+    monkeypatch.setenv("AUDIT_FORWARDER_INGEST__HOST", "127.0.0.1")
+    monkeypatch.setenv("AUDIT_FORWARDER_LOGGING", '{"level": "loud"}')
+
+    found = problems(tmp_path, f"ingest: {{port: abc}}\n{ONE_FORWARDER}")
+
+    assert found == [
+        "ingest.port: input should be a valid integer, unable to parse string as an integer",
+        "logging.level (from AUDIT_FORWARDER_LOGGING): must be one of debug, info, warning, error",
+    ]
 
 
 @pytest.mark.parametrize(

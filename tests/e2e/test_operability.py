@@ -379,7 +379,7 @@ async def test_cli_status_deliveries_test_and_send_against_the_running_daemon(
     assert status["name"] == "siem"
     assert status["pending"] == 0
     assert status["consecutive_failures"] == 0
-    assert status["last_attempt"]["status"] == "200"
+    assert status["last_attempt"]["status"] == 200
     assert status["host"] == siem.url.removeprefix("http://").rstrip("/")
     code, out, _ = await run_cli("status", "--config", conf)
     assert code == 0

@@ -6,6 +6,7 @@ Fixtures are in ``conftest.py``; the checks that keep web pages out are in
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -18,7 +19,7 @@ from forwarder.buffer.store import EventBuffer
 from forwarder.delivery.forwarders import describe_request
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.requests import RequestBuilder
-from forwarder.ops.admin import _is_local
+from forwarder.ops.admin import ADMIN_KEY, _is_local
 from forwarder.secrets import masker
 from tests.ops.conftest import Client
 from tests.support import stored_events
@@ -208,3 +209,101 @@ async def test_rows_stored_unmasked_are_masked_on_the_way_out(
         assert "SECRET" not in answer
         assert "***" in answer
     assert '"e-9"' in letters
+
+
+async def test_replay_by_ids_names_the_ids_that_matched_nothing(
+    client: Client, buffer: EventBuffer
+) -> None:
+    """Ids that match no dead letter (of that forwarder) come back as not_found, in order."""
+    response = await client.post(
+        "/v1/dead-letters/replay", json={"forwarder": "siem", "ids": ["e-404", "e-1", "e-3"]}
+    )
+    assert await response.json() == {
+        "replayed": 1,
+        "skipped_unknown_forwarder": 0,
+        "not_found": ["e-404", "e-3"],  # e-3 is archive's, not siem's
+    }
+    assert (await buffer.query("SELECT count(*) FROM dead_letters"))[0][0] == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v1/forwarders/nope/deliveries", None),
+        ("POST", "/v1/forwarders/nope/test", None),
+        ("GET", "/v1/dead-letters?forwarder=nope", None),
+        ("POST", "/v1/dead-letters/replay", {"forwarder": "nope"}),
+        ("POST", "/v1/dead-letters/purge", {"forwarder": "nope"}),
+    ],
+    ids=["deliveries", "test", "list", "replay", "purge"],
+)
+async def test_an_unknown_forwarder_is_404_listing_the_known_ones(
+    client: Client, buffer: EventBuffer, method: str, path: str, body: Any
+) -> None:
+    """Every call naming a forwarder that does not exist says which ones do."""
+    response = await client.request(method, path, json=body, headers=JSON)
+    assert response.status == 404
+    assert await response.json() == {
+        "error": "unknown_forwarder",
+        "message": "no forwarder named 'nope'",
+        "known_forwarders": ["siem", "archive"],
+    }
+    assert (await buffer.query("SELECT count(*) FROM dead_letters"))[0][0] == 3
+
+
+async def test_dead_letters_of_a_removed_forwarder_can_still_be_listed_and_purged(
+    client: Client, buffer: EventBuffer
+) -> None:
+    """A name that is no longer configured but still holds dead letters selects them."""
+    row = ("gone", 7, "e-7", "a", 1.0, 2.0, 500, "500", "HTTP 500", b"", b"{}")
+    await buffer.execute([(INSERT_DEAD_LETTER, [row])])
+
+    listed = await (await client.get("/v1/dead-letters?forwarder=gone")).json()
+    assert [d["event_id"] for d in listed["dead_letters"]] == ["e-7"]
+    refused = await client.get("/v1/dead-letters?forwarder=nope")
+    assert (await refused.json())["known_forwarders"] == ["siem", "archive", "gone"]
+    purged = await client.post("/v1/dead-letters/purge", json={"forwarder": "gone"})
+    assert await purged.json() == {"purged": 1}
+
+
+RFC3339_UTC = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
+
+
+async def test_every_time_is_rfc3339_utc_and_every_status_an_integer_or_null(
+    client: Client, buffer: EventBuffer
+) -> None:
+    """Dead letters, deliveries and forwarder states share one time format and status type."""
+    await buffer.execute(
+        [
+            (
+                INSERT_ATTEMPT,
+                [("siem", 1700000000.5, 1, 1, pack_event_ids(["e-1"]), "retry", "timeout",
+                  None, 5.0, "timed out", b"")],
+            )
+        ]
+    )  # fmt: skip
+    worker = client.server.app[ADMIN_KEY].forwarders.workers["siem"]
+    worker.status.last_attempt_at, worker.status.last_status = 1700000001.25, "503"
+    worker.status.last_success_at = 1700000000.0
+
+    letters = (await (await client.get("/v1/dead-letters")).json())["dead_letters"]
+    deliveries = (await (await client.get("/v1/forwarders/siem/deliveries")).json())["deliveries"]
+    states = {
+        f["name"]: f for f in (await (await client.get("/v1/forwarders")).json())["forwarders"]
+    }
+
+    for letter in letters:
+        assert re.match(RFC3339_UTC, letter["received_at"]), letter
+        assert re.match(RFC3339_UTC, letter["dead_at"]), letter
+        assert isinstance(letter["status"], int)
+    assert letters[-1]["received_at"] == "1970-01-01T00:00:01.000Z"
+    assert deliveries == [
+        {**deliveries[0], "at": "2023-11-14T22:13:20.500Z", "status": None, "code": "timeout"}
+    ]
+    assert states["siem"]["last_attempt"] == {
+        "at": "2023-11-14T22:13:21.250Z",
+        "status": 503,
+        "code": "503",
+    }
+    assert states["siem"]["last_success_at"] == "2023-11-14T22:13:20.000Z"
+    assert states["archive"]["last_attempt"] == {"at": None, "status": None, "code": None}
