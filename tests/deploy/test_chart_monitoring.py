@@ -51,7 +51,9 @@ def test_monitoring_objects_and_alert_rules(chart: helm.Chart, tmp_path: Path) -
         "AuditForwarderFailing",
         "AuditForwarderIngestRefused",
         "AuditForwarderBufferNearLimit",
+        "AuditForwarderDown",
     }
+    assert not [r for g in rules["groups"] for r in g["rules"] if "runbook_url" in r["annotations"]]
     (tmp_path / "audit-forwarder-rules.yaml").write_text(yaml.safe_dump(rules), encoding="utf-8")
     shutil.copy(CHART / "tests" / "rules-test.yaml", tmp_path / "rules-test.yaml")
     for command in (
@@ -75,3 +77,27 @@ def test_monitoring_is_off_by_default(chart: helm.Chart) -> None:
     assert not {obj["kind"] for obj in objects} & OPERATOR_KINDS
     annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert set(annotations) == {"checksum/config", "checksum/secret"}
+
+
+def test_every_alert_links_its_runbook_when_a_runbook_url_is_set(chart: helm.Chart) -> None:
+    """metrics.prometheusRule.runbookUrl gives every alert a runbook_url with its own anchor."""
+    rule = {"enabled": True, "runbookUrl": "https://runbooks.example/audit-forwarder"}
+    objects = render(chart, {**CHAINLOOP, "metrics": {"prometheusRule": rule}})
+    rules = [r for g in one(objects, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    assert len(rules) >= 5
+    for alert in rules:
+        expected = f"https://runbooks.example/audit-forwarder#{alert['alert'].lower()}"
+        assert alert["annotations"]["runbook_url"] == expected
+
+
+def test_the_down_alert_follows_the_release_or_the_given_selector(chart: helm.Chart) -> None:
+    """AuditForwarderDown watches the release's job by default, or upSelector when given."""
+
+    def down_expr(rule: dict[str, object]) -> str:
+        objects = render(chart, {**CHAINLOOP, "metrics": {"prometheusRule": rule}})
+        rules = [r for g in one(objects, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+        return str(next(r["expr"] for r in rules if r["alert"] == "AuditForwarderDown"))
+
+    assert down_expr({"enabled": True}).strip() == 'absent(up{job="rel-audit-forwarder"} == 1)'
+    custom = {"enabled": True, "upSelector": 'job="audit/pods"', "selector": 'namespace="audit"'}
+    assert down_expr(custom).strip() == 'absent(up{job="audit/pods",namespace="audit"} == 1)'
