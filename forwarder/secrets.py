@@ -92,7 +92,7 @@ def char_pattern(char: str) -> str:
         re.escape(char),
         # Percent-encoding (either case; %25 when encoded twice), a byte at a time.
         "".join(f"%(?:25)?{_hex(byte, 2)}" for byte in utf8),
-        # JSON \uXXXX (a surrogate pair beyond the BMP); several backslashes when nested.
+        # JSON \u escapes (a surrogate pair beyond the BMP); more backslashes when nested.
         "".join(
             rf"\\+u{_hex(unit, 4)}"
             for unit in (
