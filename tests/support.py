@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -363,3 +364,10 @@ async def read_all(
         events.extend(more)
         after_seq = more[-1].seq
     return events
+
+
+def free_port() -> int:
+    """A free loopback port for a server that cannot be told to pick its own."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

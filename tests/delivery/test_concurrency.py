@@ -16,9 +16,7 @@ from prometheus_client import CollectorRegistry
 from forwarder.buffer.store import EventBuffer
 from forwarder.delivery.concurrency import ConcurrencyLimit
 from forwarder.destinations.options import DeliveryOptions
-from tests.delivery.test_in_flight import LIMIT, Overlap
-from tests.delivery.test_poison import append_events
-from tests.delivery.workers import StartWorker, sample, webhook
+from tests.delivery.workers import LIMIT, Overlap, StartWorker, append_events, sample, webhook
 from tests.support import Reply, ScriptedReceiver, wait_for
 
 

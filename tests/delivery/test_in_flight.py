@@ -15,7 +15,6 @@ import asyncio
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -25,36 +24,25 @@ from prometheus_client import CollectorRegistry
 from forwarder.buffer.store import EventBuffer
 from forwarder.destinations.options import RetryConfig
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
-from tests.delivery.test_poison import POISON, append_events, dead_letters, refuse_poison
-from tests.delivery.workers import StartWorker, committed_cursor, sample, webhook
+from tests.delivery.workers import (
+    DEAD,
+    DELIVERED,
+    LIMIT,
+    POISON,
+    Overlap,
+    StartWorker,
+    append_events,
+    committed_cursor,
+    dead_letters,
+    delivered_numbers,
+    refuse_poison,
+    sample,
+    webhook,
+)
 from tests.support import Reply, ScriptedReceiver, wait_for
 
-Decide = Callable[[web.Request], Awaitable[Reply]]
 IN_FLIGHT = "audit_forwarder_delivery_in_flight"
-LIMIT = "audit_forwarder_delivery_concurrency_limit"
-DELIVERED = "audit_forwarder_events_delivered_total"
-DEAD = "audit_forwarder_events_dead_lettered_total"
 SIGNING_SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-
-
-class Overlap:
-    """Wraps a receiver decision, counting how many requests it was answering at once."""
-
-    def __init__(self, decide: Decide, delay: float = 0.0) -> None:
-        self.decide = decide
-        self.delay = delay
-        self.active = 0
-        self.peak = 0
-
-    async def __call__(self, request: web.Request) -> Reply:
-        self.active += 1
-        self.peak = max(self.peak, self.active)
-        try:
-            reply = await self.decide(request)
-            await asyncio.sleep(self.delay)  # a receiver that takes this long to answer
-            return reply
-        finally:
-            self.active -= 1
 
 
 async def ok(_: web.Request) -> Reply:
@@ -65,11 +53,6 @@ async def ok(_: web.Request) -> Reply:
 async def numbers(request: web.Request) -> list[int]:
     """The ``n`` of every event in a JSON-array request body."""
     return [e["n"] for e in json.loads(await request.read())]
-
-
-def delivered_numbers(receiver: ScriptedReceiver) -> list[int]:
-    """Every delivered ``n``, in arrival order."""
-    return [e["n"] for batch in receiver.events() for e in batch]
 
 
 def resolved(registry: CollectorRegistry) -> float:

@@ -13,73 +13,37 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from forwarder.buffer.store import EventBuffer, EventRecord
+from forwarder.buffer.store import EventBuffer
 from forwarder.destinations.options import RetryConfig
-from forwarder.ingest.ids import IdGenerator
-from tests.delivery.workers import StartWorker, committed_cursor, sample, webhook
+from tests.delivery.workers import (
+    DEAD,
+    DELIVERED,
+    POISON,
+    StartWorker,
+    append_events,
+    committed_cursor,
+    dead_letters,
+    delivered_numbers,
+    refuse_poison,
+    sample,
+    webhook,
+)
 from tests.support import Reply, ScriptedReceiver, wait_for
 
-Decide = Callable[[web.Request], Awaitable[Reply]]
 ATTEMPTS = "audit_forwarder_delivery_attempts_total"
-DELIVERED = "audit_forwarder_events_delivered_total"
-DEAD = "audit_forwarder_events_dead_lettered_total"
-# 16 poison events among 800: first and last of a batch, neighbours across a
-# batch boundary, four in a row, and lone ones.
-POISON = frozenset({0, 49, 50, 51, 100, 101, 102, 103, 260, 333, 399, 400, 555, 612, 700, 799})
 # Nine events, one batch: only 49 is poison.
 MIXED = (2, 3, 4, 5, 6, 49, 7, 8, 9)
-
-_ids = IdGenerator()
-
-
-def event(n: int) -> bytes:
-    """The stored bytes of event ``n``; poison when ``n`` is in ``POISON``."""
-    return json.dumps({"n": n, **({"poison": True} if n in POISON else {})}).encode()
-
-
-async def append_events(buffer: EventBuffer, numbers: Iterable[int]) -> None:
-    """Append events ``numbers`` in one commit, as one ingest request would."""
-    await buffer.append([EventRecord(_ids.new(), "test.event", event(n), False) for n in numbers])
-
-
-def refuse_poison(status: int = 400) -> Decide:
-    """A receiver decision: ``status`` naming the first poison event of a batch, else 200."""
-
-    async def decide(request: web.Request) -> Reply:
-        numbers = [e["n"] for e in json.loads(await request.read()) if e.get("poison")]
-        if numbers:
-            return Reply(status, body=f"refused n={numbers[0]}".encode())
-        return Reply(200)
-
-    return decide
-
-
-def delivered_numbers(receiver: ScriptedReceiver) -> list[int]:
-    """The ``n`` of every delivered event, in the order the receiver accepted them."""
-    return [e["n"] for batch in receiver.events() for e in batch]
 
 
 def resolved(registry: CollectorRegistry) -> float:
     """How many events ``f`` has delivered or dead-lettered."""
     return sample(registry, DELIVERED, forwarder="f") + sample(registry, DEAD, forwarder="f")
-
-
-async def dead_letters(buffer: EventBuffer) -> list[tuple[int, str, str, bytes, int]]:
-    """(status, code, reason, response body, n) of every dead letter, oldest first."""
-    rows = await buffer.query(
-        "SELECT status, code, reason, response_body, body FROM dead_letters ORDER BY id"
-    )
-    return [
-        (status, code, reason, bytes(answer), json.loads(body)["n"])
-        for status, code, reason, answer, body in rows
-    ]
 
 
 async def test_only_the_16_poison_events_of_800_are_dead_lettered_the_rest_arrive_in_order(

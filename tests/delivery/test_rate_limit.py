@@ -15,8 +15,7 @@ from prometheus_client import CollectorRegistry
 from forwarder.buffer.store import EventBuffer
 from forwarder.delivery.rate_limit import RateLimiter
 from forwarder.destinations.options import RateLimitConfig
-from tests.delivery.test_poison import append_events
-from tests.delivery.workers import StartWorker, sample, webhook
+from tests.delivery.workers import StartWorker, append_events, sample, webhook
 from tests.support import ScriptedReceiver, wait_for
 
 THROTTLED = "audit_forwarder_delivery_throttled_seconds_total"

@@ -10,7 +10,6 @@ that the buffer file still holds every one of them.
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.support import (
     ScriptedReceiver,
     daemon_config,
     forwarder_config,
+    free_port,
     post_events,
     run_cli,
     wait_for,
@@ -32,13 +32,6 @@ from tests.support import (
 
 MakeDaemon = Callable[..., DaemonProcess]
 DEAD_LETTERS = 3
-
-
-def free_port() -> int:
-    """A free loopback port, so that a second config file can name the daemon's TCP listener."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def dead_letter_count(daemon: DaemonProcess) -> int:

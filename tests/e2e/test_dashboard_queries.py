@@ -29,12 +29,12 @@ import pytest
 import yaml
 
 from tests.conftest import ReceiverFactory
-from tests.e2e.test_operability import free_port
 from tests.support import (
     DaemonProcess,
     Reply,
     daemon_config,
     forwarder_config,
+    free_port,
     post_events,
     wait_for,
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import sqlite3
 import subprocess
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from tests.support import (
     ScriptedReceiver,
     daemon_config,
     forwarder_config,
+    free_port,
     post_events,
     run_cli,
     wait_for,
@@ -57,13 +57,6 @@ async def scrape(daemon: DaemonProcess) -> Samples:
 def value(samples: Samples, name: str, **labels: str) -> float | None:
     """One sample's value, or None when the series does not exist."""
     return samples.get((name, frozenset(labels.items())))
-
-
-def free_port() -> int:
-    """A free loopback port for a server that cannot be told to pick its own."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_metrics_match_real_successes_failures_timeouts_and_dead_letters(

@@ -18,7 +18,6 @@ import html
 import json
 import re
 import signal
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from tests.support import (
     Reply,
     daemon_config,
     forwarder_config,
+    free_port,
     post_events,
     run_cli,
     wait_for,
@@ -304,13 +304,6 @@ async def test_no_output_shows_the_token_in_any_encoding_nor_an_event_body(
     refusals = [e for e in daemon.log_entries() if e.get("component") == "aiohttp.server"]
     assert refusals
     assert all(e["level"] == "error" and "exception" not in e for e in refusals)
-
-
-def free_port() -> int:
-    """A free loopback port for a server that cannot be told to pick its own."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_the_debug_receiver_prints_no_credential_in_any_form(

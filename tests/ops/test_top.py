@@ -26,13 +26,13 @@ import pytest
 import yaml
 
 from tests.conftest import ReceiverFactory
-from tests.e2e.test_operability import free_port
 from tests.support import (
     CLI,
     DaemonProcess,
     Reply,
     daemon_config,
     forwarder_config,
+    free_port,
     post_events,
     run_cli,
     wait_for,
