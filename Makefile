@@ -28,7 +28,7 @@ run: $(STAMP)
 test: lint test-tools
 	$(BIN)/pytest
 
-## test-tools: the Debian packages the tests drive (promtool, prometheus)
+## test-tools: the Debian packages the tests drive (promtool, prometheus, nats-server)
 test-tools:
 	./scripts/install-test-tools.sh
 
