@@ -4,7 +4,9 @@ A request is parsed completely before anything is stored, so it is
 all-or-nothing: one bad event refuses the whole request and stores none of
 it. Each event is kept as exactly the bytes the client sent for it, in every
 body shape (see :mod:`forwarder.ingest.bodies`), so delivery can build
-request bodies by joining stored bytes. A compressed body is decoded here,
+request bodies by joining stored bytes. CloudEvents bodies, what a node
+agent relays to a central forwarder, carry each event's id beside its bytes
+(see :mod:`forwarder.ingest.cloudevents`). A compressed body is decoded here,
 not by aiohttp (see :mod:`forwarder.ingest.encodings`). The answer ``202`` is
 sent only after the buffer's group commit holding the events has completed.
 
@@ -24,6 +26,12 @@ from forwarder.buffer.store import EventBuffer
 from forwarder.config.settings import IngestConfig
 from forwarder.errors import BufferUnavailableError, IngestError
 from forwarder.ingest.bodies import parse_json, parse_ndjson
+from forwarder.ingest.cloudevents import (
+    CLOUDEVENT_TYPES,
+    CLOUDEVENTS_BATCH_TYPES,
+    parse_cloudevent,
+    parse_cloudevents_batch,
+)
 from forwarder.ingest.encodings import content_coding, read_body
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics
@@ -110,12 +118,16 @@ async def post_events(request: web.Request) -> web.Response:
             parse = parse_json
         elif content_type in NDJSON_TYPES:
             parse = parse_ndjson
+        elif content_type in CLOUDEVENTS_BATCH_TYPES:
+            parse = parse_cloudevents_batch
+        elif content_type in CLOUDEVENT_TYPES:
+            parse = parse_cloudevent
         else:
             raise IngestError(
                 415,
                 "unsupported_media_type",
-                f"Content-Type {content_type!r} is not supported: "
-                "use application/json or application/x-ndjson",
+                f"Content-Type {content_type!r} is not supported: use application/json,"
+                " application/x-ndjson or application/cloudevents(-batch)+json",
             )
         coding = content_coding(request)
         if context.buffer.is_full(context.max_buffer_bytes):

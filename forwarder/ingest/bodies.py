@@ -18,6 +18,11 @@ whitespace, ``,``, whitespace, ``{``; when the body holds exactly one such
 separator per pair of neighbours (no nested array of objects, no string
 containing one), those are the cuts, found by one regular expression run in
 C. Otherwise a scanner that skips strings and counts brackets finds them.
+
+A CloudEvent's ``data`` (see :mod:`forwarder.ingest.cloudevents`) is sliced
+out of its envelope the same way, by :func:`member_value`: the envelope's
+own members are walked key by key, and a nested value is skipped by the same
+bracket-counting scan, so ``data`` keeps the bytes its producer wrote.
 """
 
 from __future__ import annotations
@@ -40,6 +45,11 @@ _SEPARATOR = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")
 # the body is already known to be valid JSON, there is nothing to backtrack.
 _TO_NEXT_BRACKET = re.compile(rb'(?:[^"\[\]{}]++|"(?:[^"\\]++|\\.)*+")*+[\[\]{}]', re.DOTALL)
 _OPENING = frozenset(b"[{")
+# The pieces of an object's own members, for member_value().
+_MEMBER_KEY = re.compile(rb'[ \t\r\n]*"((?:[^"\\]++|\\.)*+)"[ \t\r\n]*:[ \t\r\n]*', re.DOTALL)
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_SCALAR = re.compile(rb"[^,}\] \t\r\n]++")
+_AFTER_VALUE = re.compile(rb"[ \t\r\n]*([,}])")
 
 
 def parse_json(body: bytes, max_event_bytes: int) -> list[EventRecord]:
@@ -83,7 +93,7 @@ def parse_ndjson(body: bytes, max_event_bytes: int) -> list[EventRecord]:
         if type(event) is not dict or "id" in event or len(line) > max_event_bytes:
             append(_event_record(event, line, f"line {number}: ", max_event_bytes))
             continue
-        append(EventRecord(None, _event_type(event), line, False))
+        append(EventRecord(None, event_type_of(event), line, False))
     return records
 
 
@@ -106,6 +116,51 @@ def array_elements(body: bytes, count: int) -> list[bytes]:
         start = separator_end - 1
     elements.append(body[start : body.rindex(b"}") + 1])
     return elements
+
+
+def member_value(document: bytes, name: str) -> bytes | None:
+    """The bytes of the value of member ``name`` of the valid JSON object ``document``.
+
+    Only the object's own members count, nested ones are skipped whole; a key
+    is compared after JSON unescaping (``"d\\u0061ta"`` is ``data``). None
+    when there is no such member; a member given twice is refused, because a
+    parser keeps only one of them and the bytes must be the ones it read.
+    """
+    found: bytes | None = None
+    position = document.index(b"{") + 1
+    while (key := _MEMBER_KEY.match(document, position)) is not None:
+        start = key.end()
+        end = _value_end(document, start)
+        raw_name = key.group(1)
+        if raw_name == name.encode() or (
+            b"\\" in raw_name and orjson.loads(b'"' + raw_name + b'"') == name
+        ):
+            if found is not None:
+                raise IngestError(400, "malformed", f"member {name!r} is given twice")
+            found = document[start:end]
+        after = _AFTER_VALUE.match(document, end)
+        if after is None or after.group(1) == b"}":
+            break
+        position = after.end()
+    return found
+
+
+def _value_end(document: bytes, start: int) -> int:
+    """Where the JSON value starting at ``start`` of the valid ``document`` ends."""
+    first = document[start]
+    if first in _OPENING:
+        depth = 0
+        for match in _TO_NEXT_BRACKET.finditer(document, start):
+            depth += 1 if document[match.end() - 1] in _OPENING else -1
+            if depth == 0:
+                return match.end()
+    else:
+        # A string, or true, false, null or a number.
+        value = (_STRING if first == 0x22 else _SCALAR).match(document, start)
+        if value is not None:
+            return value.end()
+    # Unreachable for a document orjson accepted; a bug must not store wrong bytes.
+    raise RuntimeError(f"no JSON value at offset {start}")
 
 
 def _scan_elements(body: bytes, count: int) -> list[bytes]:
@@ -140,15 +195,15 @@ def _event_record(event: Any, raw: bytes, where: str, max_event_bytes: int) -> E
         )
     event_id = event.get("id")
     if event_id is None:
-        return EventRecord(None, _event_type(event), raw, False)
+        return EventRecord(None, event_type_of(event), raw, False)
     if type(event_id) is not str or not event_id or len(event_id) > MAX_ID_LENGTH:
         raise IngestError(
             400, "malformed", f"{where}id must be a non-empty string of at most 256 characters"
         )
-    return EventRecord(event_id, _event_type(event), raw, True)
+    return EventRecord(event_id, event_type_of(event), raw, True)
 
 
-def _event_type(event: dict[str, Any]) -> str | None:
+def event_type_of(event: dict[str, Any]) -> str | None:
     """``event_type``, else ``type``, when it is a string (no loop: called per event)."""
     value = event.get("event_type")
     if type(value) is str:
