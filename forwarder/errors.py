@@ -135,3 +135,13 @@ class RetryableDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Sending the same request again cannot succeed (other 4xx): dead-letter it."""
+
+
+class RejectedContentError(PermanentDeliveryError):
+    """The destination refused what the payload carries, not the request as such.
+
+    A webhook's 400, 409, 413 or 422; a JetStream publish refused for one
+    message (over the stream's maximum size, a subject no stream takes).
+    Sending the same payload again cannot succeed, but a part of it may: the
+    worker splits a batch that gets this until the refused events are alone.
+    """

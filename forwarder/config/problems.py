@@ -24,6 +24,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_snake
 
 from forwarder.config.settings import ENV_PREFIX, Settings
+from forwarder.destinations.kinds import KINDS
+from forwarder.destinations.nats.options import NatsForwarderConfig
+from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.errors import ConfigProblem
 
 
@@ -40,10 +43,26 @@ def format_location(location: tuple[int | str, ...]) -> str:
     return path
 
 
-def _model_at(location: tuple[int | str, ...]) -> type[BaseModel] | None:
+def _untagged(location: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], str | None]:
+    """``location`` without the ``kind`` tag pydantic puts after a forwarder's index, and the tag.
+
+    The forwarder list is a union discriminated on ``kind``: pydantic reports
+    ``('auditLogForwarders', 1, 'nats', 'subject')``, and the YAML path is
+    ``auditLogForwarders[1].subject``.
+    """
+    if len(location) > 2 and isinstance(location[1], int) and location[2] in KINDS:
+        return (*location[:2], *location[3:]), str(location[2])
+    return location, None
+
+
+def _model_at(location: tuple[int | str, ...], kind: str | None = None) -> type[BaseModel] | None:
     """The model class that holds the key at ``location`` (for did-you-mean hints)."""
     model: type[BaseModel] = Settings
-    for part in location[:-1]:
+    path = location[:-1]
+    if len(path) >= 2 and path[0] == "auditLogForwarders" and isinstance(path[1], int):
+        model = NatsForwarderConfig if kind == "nats" else WebhookForwarderConfig
+        path = path[2:]
+    for part in path:
         if isinstance(part, int):
             continue
         field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
@@ -60,11 +79,11 @@ def _model_at(location: tuple[int | str, ...]) -> type[BaseModel] | None:
 
 def _message(error: Any) -> str:
     kind = error["type"]
-    location = error["loc"]
+    location, tag = _untagged(tuple(error["loc"]))
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
-        model = _model_at(location)
+        model = _model_at(location, tag)
         hint = ""
         if model is not None:
             known = [f.alias or name for name, f in model.model_fields.items()]
@@ -73,7 +92,8 @@ def _message(error: Any) -> str:
         return f"unknown key{hint}"
     if kind == "literal_error" and location and location[-1] == "kind":
         # reprlib: a hostile multi-megabyte value must not be echoed whole.
-        return f"unsupported kind {reprlib.repr(error['input'])}: the only kind is webhook"
+        kinds = ", ".join(KINDS)
+        return f"unsupported kind {reprlib.repr(error['input'])}: the kinds are {kinds}"
     if kind == "literal_error":
         expected = str(error["ctx"]["expected"]).replace("'", "").replace(" or ", ", ")
         return f"must be one of {expected}"
@@ -135,7 +155,7 @@ def problems_from(
     """
     problems = []
     for error in exc.errors(include_url=False):
-        location, message = tuple(error["loc"]), _message(error)
+        location, message = _untagged(tuple(error["loc"]))[0], _message(error)
         key = location[-1] if location else None
         variable = origins.variable(location) if origins is not None else None
         if error["type"] == "extra_forbidden" and isinstance(key, str) and ":" in key:

@@ -29,6 +29,7 @@ from typing import Protocol
 
 from forwarder.config.loading import load_config
 from forwarder.config.settings import Settings
+from forwarder.destinations.nats.options import NatsForwarderConfig
 from forwarder.errors import ConfigError
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics
@@ -44,6 +45,9 @@ def dependent_files(path: Path, settings: Settings) -> list[Path]:
     if settings.ingest.token_file is not None:
         files.append(settings.ingest.token_file)
     for spec in settings.audit_log_forwarders:
+        if isinstance(spec, NatsForwarderConfig):
+            files += spec.files()
+            continue
         for candidate in (
             spec.token_file,
             spec.signing_secret_file,

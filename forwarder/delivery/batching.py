@@ -20,12 +20,13 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from forwarder.buffer.store import StoredEvent
 from forwarder.delivery.filters import EventFilter
 from forwarder.delivery.ports import DeliveryBuffer
-from forwarder.destinations.webhook.options import WebhookForwarderConfig
-from forwarder.destinations.webhook.requests import BuiltRequest, RequestBuilder
+from forwarder.destinations.adapter import Destination, Payload
+from forwarder.destinations.kinds import AnyForwarderConfig
 
 READ_AHEAD = 1024
 
@@ -35,16 +36,16 @@ class BatchReader:
 
     def __init__(
         self,
-        spec: WebhookForwarderConfig,
+        spec: AnyForwarderConfig,
         buffer: DeliveryBuffer,
         event_filter: EventFilter,
-        requests: RequestBuilder,
+        destination: Destination[Any],
         stopping: asyncio.Event,
         on_skipped: Callable[[int], None],
     ) -> None:
         self.spec = spec
         self.filter = event_filter
-        self.requests = requests
+        self.destination = destination
         self.read_ahead: deque[StoredEvent] = deque()
         self.read_upto = 0  # highest seq pulled from the buffer into read_ahead
         self.skipped_upto = 0  # highest seq the filter refused in the batch being built
@@ -122,15 +123,15 @@ class BatchReader:
                 return batch
         return None
 
-    def fit(self, batch: list[StoredEvent], now: float) -> BuiltRequest:
-        """Build the request, handing events back until the encoded body fits maxBytes."""
-        built = self.requests.build(batch, now)
+    def fit(self, batch: list[StoredEvent], now: float) -> Payload:
+        """Build the payload, handing events back until its encoded size fits maxBytes."""
+        built: Payload = self.destination.build(batch, now)
         while built.encoded_bytes > self.spec.batch.max_bytes and len(batch) > 1:
             keep = max(1, len(batch) * self.spec.batch.max_bytes // built.encoded_bytes)
             keep = min(keep, len(batch) - 1)
             self.read_ahead.extendleft(reversed(batch[keep:]))
             del batch[keep:]
-            built = self.requests.build(batch, now)
+            built = self.destination.build(batch, now)
         return built
 
     def next_accepted(self) -> StoredEvent | None:

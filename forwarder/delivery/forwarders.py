@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -33,9 +33,11 @@ import orjson
 from forwarder.buffer.store import StoredEvent
 from forwarder.delivery.ports import DeliveryBuffer
 from forwarder.delivery.worker import DeliveryWorker
-from forwarder.destinations.webhook.auth import SECRET_HEADERS
-from forwarder.destinations.webhook.options import WebhookForwarderConfig
-from forwarder.destinations.webhook.sending import OutgoingRequest, send_request
+from forwarder.destinations.kinds import AnyForwarderConfig
+from forwarder.destinations.webhook.destination import (
+    describe_request as describe_request,  # the render command's, from the destination
+)
+from forwarder.destinations.webhook.destination import mask_headers as mask_headers
 from forwarder.errors import DeliveryError
 from forwarder.ingest.ids import IdGenerator
 from forwarder.metrics import Metrics
@@ -72,34 +74,6 @@ def iso(timestamp: float | None) -> str | None:
     return moment.removesuffix("+00:00") + "Z"  # the one format of every admin API time
 
 
-def mask_headers(headers: Mapping[str, str], token_header: str = "") -> dict[str, str]:
-    """Headers with secret values replaced: ``Bearer ***``, ``***``.
-
-    ``token_header`` is the header the forwarder's auth puts its token in
-    (any name with ``auth.type: header``), masked along the well-known ones.
-    """
-    secret_names = SECRET_HEADERS | {token_header.lower()}
-    masked = {}
-    for name, value in headers.items():
-        if name.lower() in secret_names:
-            scheme, _, secret = value.partition(" ")
-            value = f"{scheme} ***" if secret else "***"
-        masked[name] = value
-    return masked
-
-
-def describe_request(
-    request: OutgoingRequest, display_url: str, token_header: str = ""
-) -> dict[str, Any]:
-    """The request as the admin API shows it, secrets masked (query token included)."""
-    return {
-        "method": request.method,
-        "url": display_url,
-        "headers": mask_headers(request.headers, token_header),
-        "body": request.body.decode("utf-8", "replace"),
-    }
-
-
 def test_event(ids: IdGenerator, forwarder: str) -> StoredEvent:
     """A synthetic ``forwarder.test`` event, never stored."""
     event_id = ids.new()
@@ -132,18 +106,19 @@ class LocalForwarders:
         self._on_failure = on_failure
         self._retired: set[asyncio.Task[Any]] = set()
         self._ids = IdGenerator()
-        self._next: list[WebhookForwarderConfig] = []
+        self._next: list[AnyForwarderConfig] = []
 
     def names(self) -> list[str]:
         """Forwarder names in configuration order."""
         return list(self.workers)
 
-    async def start(self, specs: Iterable[WebhookForwarderConfig]) -> None:
+    async def start(self, specs: Iterable[AnyForwarderConfig]) -> None:
         """Start a worker per spec (their cursors must be registered already)."""
         for spec in specs:
             await self._start_worker(spec)
 
-    async def _start_worker(self, spec: WebhookForwarderConfig) -> None:
+    async def _start_worker(self, spec: AnyForwarderConfig) -> None:
+        # The worker builds the destination of the spec's kind (destinations.kinds).
         worker = DeliveryWorker(spec, self._buffer, self._metrics)
         await worker.start()
         self.workers[worker.name] = worker
@@ -165,7 +140,7 @@ class LocalForwarders:
             self._retired.add(worker.task)
         return await worker.stop(self.grace_seconds)
 
-    async def prepare(self, specs: list[WebhookForwarderConfig]) -> dict[str, list[str]]:
+    async def prepare(self, specs: list[AnyForwarderConfig]) -> dict[str, list[str]]:
         """Phase one of a reload: retire removed and changed workers; say what changes."""
         old = {name: worker.spec for name, worker in self.workers.items()}
         new = {str(spec.name): spec for spec in specs}
@@ -200,6 +175,7 @@ class LocalForwarders:
                 "last_attempt": {
                     "at": iso(worker.status.last_attempt_at),
                     "status": worker.status.last_status,
+                    "error": worker.status.last_error,
                 },
                 "last_success_at": iso(worker.status.last_success_at),
                 "consecutive_failures": worker.status.consecutive_failures,
@@ -223,28 +199,17 @@ class LocalForwarders:
         worker = self.workers.get(name)
         if worker is None:
             raise UnknownForwarderError(name)
-        outgoing = worker.requests.build([test_event(self._ids, name)], time.time()).request
+        destination = worker.destination
+        payload = destination.build([test_event(self._ids, name)], time.time())
         result: dict[str, Any] = {
             "forwarder": name,
-            "request": describe_request(
-                outgoing, worker.requests.display_url, worker.spec.auth.header
-            ),
+            "request": destination.describe(payload),
             "ok": False,
             "response": None,
             "error": None,
         }
-        session = worker.session
-        if session is None:
-            result["error"] = {"code": "stopping", "message": "the forwarder is stopping"}
-            return result
         try:
-            response = await send_request(
-                session,
-                outgoing,
-                worker.spec.timeout_seconds,
-                worker.spec.response_validators,
-                worker.spec.status_policy,
-            )
+            answer = await destination.send(payload)
         except DeliveryError as exc:
             if exc.status is not None:
                 result["response"] = {
@@ -255,10 +220,10 @@ class LocalForwarders:
             return result
         result["ok"] = True
         result["response"] = {
-            "status": response.status,
-            "headers": response.headers,
-            "body": response.body.decode("utf-8", "replace"),
-            "duration_ms": round(response.duration * 1000, 3),
+            "status": answer.status if answer.status is not None else answer.code,
+            "headers": answer.headers,
+            "body": answer.body.decode("utf-8", "replace"),
+            "duration_ms": round(answer.duration * 1000, 3),
         }
         return result
 

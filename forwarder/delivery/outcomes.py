@@ -30,7 +30,8 @@ from forwarder.buffer.batches import StoredEvent
 from forwarder.buffer.dead_letters import INSERT_DEAD_LETTER
 from forwarder.buffer.history import INSERT_ATTEMPT, pack_event_ids
 from forwarder.delivery.ports import DeliveryBuffer
-from forwarder.destinations.webhook.sending import RESPONSE_BODY_LIMIT, Response
+from forwarder.destinations.adapter import ANSWER_BODY_LIMIT as RESPONSE_BODY_LIMIT
+from forwarder.destinations.adapter import Answer
 from forwarder.errors import BufferUnavailableError, DeliveryError
 from forwarder.logs import get_logger
 from forwarder.metrics import Metrics
@@ -48,6 +49,7 @@ class ForwarderStatus:
     oldest_pending_at: float | None = None
     last_attempt_at: float | None = None
     last_status: str | None = None
+    last_error: str | None = None  # the last failed attempt's message, masked
     last_success_at: float | None = None
     consecutive_failures: int = 0
     dead_lettered: int = 0
@@ -79,17 +81,17 @@ class Outcomes:
         batch: list[StoredEvent],
         attempt: int,
         outcome: str,
-        result: Response | DeliveryError,
+        result: Answer | DeliveryError,
         started: float,
     ) -> None:
         """Add the attempt to the history (committed with the next group) and the histogram."""
         elapsed = time.monotonic() - started
         status: int | None
         error: str | None
-        if isinstance(result, Response):
-            code, status, error, body = str(result.status), result.status, None, result.body
-        else:
+        if isinstance(result, DeliveryError):
             code, status, error, body = result.code, result.status, result.message, result.body
+        else:
+            code, status, error, body = result.code, result.status, None, result.body
         row = (
             self.name,
             self.status.last_attempt_at,
@@ -106,10 +108,10 @@ class Outcomes:
         self._buffer.submit([(INSERT_ATTEMPT, [row])])
         self._metrics.delivery_duration.labels(self.name).observe(elapsed)
 
-    def success(self, batch: list[StoredEvent], response: Response) -> None:
+    def success(self, batch: list[StoredEvent], response: Answer) -> None:
         now = self._clock()
         m = self._metrics
-        m.delivery_attempts.labels(self.name, "success", str(response.status)).inc()
+        m.delivery_attempts.labels(self.name, "success", response.code).inc()
         m.events_delivered.labels(self.name).inc(len(batch))
         m.last_success.labels(self.name).set(now)
         # Events committed together share their arrival time: one observation each
@@ -124,16 +126,18 @@ class Outcomes:
             log.info(
                 "forwarder_recovered",
                 forwarder=self.name,
-                status=response.status,
+                status=response.code,
                 failures=self.status.consecutive_failures,
             )
         self.status.consecutive_failures = 0
-        self.status.last_status = str(response.status)
+        self.status.last_error = None
+        self.status.last_status = response.code
         self.status.last_success_at = now
 
     def failure(self, exc: DeliveryError, attempt: int, outcome: str) -> None:
         self._metrics.delivery_attempts.labels(self.name, outcome, exc.code).inc()
         self.status.last_status = exc.code
+        self.status.last_error = self._masker.mask(exc.message)
         self.status.consecutive_failures += 1
         fields: dict[str, Any] = {
             "forwarder": self.name,

@@ -4,8 +4,11 @@ Each worker follows its forwarder's cursor through the buffer: it forms the
 next batch (:mod:`forwarder.delivery.batching`), sends it, and acknowledges
 what is resolved. Acks are group-committed by the buffer's writer, not
 awaited: losing one in a crash only re-sends, which at-least-once allows.
-A failed attempt is classified in one place (:func:`send_request`, with the
-forwarder's ``statusPolicy``) into our own errors:
+A failed attempt is classified by the forwarder's destination
+(:mod:`forwarder.destinations.adapter`: a webhook's ``send_request`` with its
+``statusPolicy``, a JetStream PubAck's error code) into our own errors; the
+destination only builds, sends and classifies, everything below is written
+once here for every kind:
 
 * :class:`RetryableDeliveryError` (connection errors, timeouts, 408, 429,
   5xx): the *same* request again, forever or until ``retry.maxAttempts`` /
@@ -48,28 +51,27 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import Literal
-
-import aiohttp
+from typing import Any, Literal
 
 from forwarder.buffer import history
 from forwarder.buffer.store import StoredEvent
 from forwarder.delivery.backoff import Backoff
 from forwarder.delivery.batching import BatchReader
+from forwarder.delivery.chain import chained
 from forwarder.delivery.concurrency import ConcurrencyLimit
+from forwarder.delivery.destinations import build_destination
 from forwarder.delivery.filters import EventFilter
 from forwarder.delivery.outcomes import ForwarderStatus, Outcomes
 from forwarder.delivery.pending import PendingCount
 from forwarder.delivery.ports import DeliveryBuffer
 from forwarder.delivery.rate_limit import RateLimiter
 from forwarder.delivery.window import Slot, Window
-from forwarder.destinations.webhook.options import WebhookForwarderConfig
-from forwarder.destinations.webhook.requests import BuiltRequest, RequestBuilder
-from forwarder.destinations.webhook.sending import RejectedContentError, send_request
-from forwarder.destinations.webhook.transport import build_connector
+from forwarder.destinations.adapter import Destination, Payload
+from forwarder.destinations.kinds import AnyForwarderConfig
 from forwarder.errors import (
     DeliveryError,
     PermanentDeliveryError,
+    RejectedContentError,
     RetryableDeliveryError,
 )
 from forwarder.logs import get_logger
@@ -85,28 +87,31 @@ class DeliveryWorker:
 
     def __init__(
         self,
-        spec: WebhookForwarderConfig,
+        spec: AnyForwarderConfig,
         buffer: DeliveryBuffer,
         metrics: Metrics,
         *,
+        destination: Destination[Any] | None = None,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.spec = spec
         self.name = str(spec.name)
+        # With integrity, acks carry the chain state (forwarder.delivery.chain).
+        buffer, self._chain = chained(self.name, spec.integrity, buffer)
         self.status = ForwarderStatus(self.name)
         self._outcomes = Outcomes(self.name, self.status, buffer, metrics, clock)
         self.filter = EventFilter(spec.events, spec.exclude_events)
-        self.requests = RequestBuilder(spec)
+        # Only build / send / classify: every decision about the answer is taken here.
+        self.destination = build_destination(spec) if destination is None else destination
         self._buffer = buffer
         self._metrics = metrics
         self._clock = clock
         self._backoff = Backoff(spec.retry, rng)
-        self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._reader = BatchReader(
-            spec, buffer, self.filter, self.requests, self._stopping, self._skipped
+            spec, buffer, self.filter, self.destination, self._stopping, self._skipped
         )
         self._window = Window(0)
         self.concurrency = ConcurrencyLimit(spec)
@@ -122,10 +127,12 @@ class DeliveryWorker:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Count what is pending, open the HTTP session and start the task."""
+        """Count what is pending, open the destination's connection and start the task."""
         cursor = self._buffer.cursor(self.name)
         self._window = Window(cursor)
         self._reader.read_upto = cursor
+        if self._chain is not None:
+            await self._chain.load(self._buffer, cursor)
         if self.spec.enabled:
             await self._pending.start(self._buffer, cursor)
         # The last success outlives a restart in the history; new series start at 0.
@@ -135,13 +142,8 @@ class DeliveryWorker:
         self._metrics.add_forwarder(self.name, self.status.last_success_at)
         self._sending_gauge.set(0)
         self._limit_gauge.set(self.concurrency.limit)
-        self._session = aiohttp.ClientSession(connector=build_connector(self.spec))
+        await self.destination.open()
         self._task = asyncio.create_task(self._run(), name=f"deliver-{self.name}")
-
-    @property
-    def session(self) -> aiohttp.ClientSession | None:
-        """The worker's HTTP session (None before start and after stop)."""
-        return self._session
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -169,9 +171,7 @@ class DeliveryWorker:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
         self._pending.stop(self._buffer)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.destination.close()
         return finished
 
     def oldest_pending_age(self) -> float:
@@ -210,6 +210,8 @@ class DeliveryWorker:
             batch = await self._reader.next_batch(self.name)
             if batch is None:
                 return
+            if self._chain is not None:
+                batch = await self._chain.assign(self._buffer, batch)
             built = self._reader.fit(batch, self._clock())
             slot = self._window.open(batch, batch[-1].seq)
             task = asyncio.create_task(
@@ -253,9 +255,7 @@ class DeliveryWorker:
         self.status.throttled_seconds += seconds
         self._metrics.delivery_throttled.labels(self.name).inc(seconds)
 
-    async def _deliver_in_parts(
-        self, slot: Slot, batch: list[StoredEvent], built: BuiltRequest
-    ) -> None:
+    async def _deliver_in_parts(self, slot: Slot, batch: list[StoredEvent], built: Payload) -> None:
         """Deliver ``batch`` (built once already), bisecting refused parts; until done or stop."""
         parts = [batch]
         while parts:
@@ -290,15 +290,14 @@ class DeliveryWorker:
         self._limit_gauge.set(self.concurrency.limit)
 
     async def _deliver(
-        self, slot: Slot, batch: list[StoredEvent], first: BuiltRequest | None
+        self, slot: Slot, batch: list[StoredEvent], first: Payload | None
     ) -> Outcome | None:
         """Send until delivered, dead-lettered or to be split; None if stopped first.
 
-        ``first`` is the request already built for this batch (by ``fit``);
-        every retry, and a first attempt that had to wait, is rebuilt so its
-        signature timestamp is fresh.
+        ``first`` is the payload already built for this batch (by ``fit``);
+        every retry, and a first attempt that had to wait, is rebuilt so a
+        webhook's signature timestamp is fresh.
         """
-        assert self._session is not None
         retry = self.spec.retry
         attempt = 0
         while True:
@@ -308,20 +307,14 @@ class DeliveryWorker:
                 return None
             self.status.last_attempt_at = self._clock()
             if attempt == 1 and first is not None and not waited:
-                request = first.request
+                payload = first
             else:
-                request = self.requests.build(batch, self.status.last_attempt_at).request
+                payload = self.destination.build(batch, self.status.last_attempt_at)
             started = time.monotonic()
             self._sending += 1
             self._sending_gauge.set(self._sending)
             try:
-                response = await send_request(
-                    self._session,
-                    request,
-                    self.spec.timeout_seconds,
-                    self.spec.response_validators,
-                    self.spec.status_policy,
-                )
+                response = await self.destination.send(payload)
             except RetryableDeliveryError as exc:
                 self._adapt(None, back_pressure=True)
                 age = self._clock() - batch[0].received_at

@@ -40,6 +40,8 @@ from forwarder.buffer.store import StoredEvent
 from forwarder.config.settings import Settings
 from forwarder.delivery.filters import EventFilter
 from forwarder.delivery.forwarders import describe_request
+from forwarder.destinations.nats.destination import NatsDestination
+from forwarder.destinations.nats.options import NatsForwarderConfig
 from forwarder.destinations.webhook.formats import rfc3339
 from forwarder.destinations.webhook.requests import RequestBuilder
 from forwarder.errors import IngestError
@@ -113,8 +115,6 @@ def render(settings: Settings, name: str, data: bytes | None, source: str) -> di
         data, source = sample_event(now), "the built-in sample event"
     event = parse_event(data, source, settings.ingest.max_event_bytes)
     takes = EventFilter(spec.events, spec.exclude_events).accepts(event.event_type)
-    builder = RequestBuilder(spec)
-    request = builder.build([event], now).request
     notes = []
     if not spec.enabled:
         notes.append("the forwarder is disabled (enabled: false): it sends nothing")
@@ -123,6 +123,21 @@ def render(settings: Settings, name: str, data: bytes | None, source: str) -> di
             "its filter does not take this event (events / excludeEvents): nothing would be"
             " sent; below is what it would send if it did"
         )
+    if isinstance(spec, NatsForwarderConfig):
+        # The message as published: subject, headers and the event's exact bytes.
+        destination = NatsDestination(spec)
+        message = destination.describe(destination.build([event], now))
+        shown = {"forwarder": name, "enabled": spec.enabled, "event_source": source}
+        return dict(
+            masker.mask_value(
+                shown
+                | {"event_id": event.event_id, "event_type": event.event_type}
+                | {"takes_event": takes, "request": message, "content_encoding": None}
+                | {"wire_bytes": len(event.body), "notes": notes}
+            )
+        )
+    builder = RequestBuilder(spec)
+    request = builder.build([event], now).request
     wire_bytes = len(request.body)
     encoding = request.headers.get("Content-Encoding")
     if encoding == "gzip":

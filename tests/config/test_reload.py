@@ -131,7 +131,7 @@ async def test_invalid_new_config_is_refused_and_the_old_one_stays(
     daemon.signal(signal.SIGHUP)
     await wait_for(lambda: count_logs(daemon, "config_reload_failed") >= 1)
     failure = next(e for e in daemon.log_entries() if e.get("event") == "config_reload_failed")
-    assert any("the only kind is webhook" in problem for problem in failure["problems"])
+    assert any("the kinds are webhook, nats" in problem for problem in failure["problems"])
     assert await reload_metric(daemon, "failure") >= 1
     await post_events(daemon.ingest_url, '{"n": 1}')
     await wait_for(lambda: len(receiver.delivered) == 1)

@@ -304,6 +304,12 @@ async def test_every_time_is_rfc3339_utc_and_every_status_an_integer_or_null(
         "at": "2023-11-14T22:13:21.250Z",
         "status": 503,
         "code": "503",
+        "error": None,
     }
     assert states["siem"]["last_success_at"] == "2023-11-14T22:13:20.000Z"
-    assert states["archive"]["last_attempt"] == {"at": None, "status": None, "code": None}
+    assert states["archive"]["last_attempt"] == {
+        "at": None,
+        "status": None,
+        "code": None,
+        "error": None,
+    }

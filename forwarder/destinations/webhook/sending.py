@@ -54,7 +54,13 @@ import orjson
 from forwarder import __version__
 from forwarder.destinations.webhook.options import ResponseValidator, StatusPolicy
 from forwarder.destinations.webhook.transport import DestinationGuard
-from forwarder.errors import PermanentDeliveryError, RetryableDeliveryError
+from forwarder.errors import (
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
+from forwarder.errors import (
+    RejectedContentError as RejectedContentError,  # re-exported: its old home
+)
 from forwarder.secrets import masker
 
 USER_AGENT = f"audit-forwarder/{__version__.split('.')[0]}.0"
@@ -66,14 +72,6 @@ SPLIT_STATUSES = frozenset({400, 409, 413, 422})
 NO_POLICY = StatusPolicy()
 
 
-class RejectedContentError(PermanentDeliveryError):
-    """The receiver refused what the body carries (400, 409, 413, 422), not the request.
-
-    Sending the same body again cannot succeed, but a part of it may: the
-    worker splits a batch that gets this until the refused events are alone.
-    """
-
-
 @dataclass(frozen=True, slots=True)
 class Response:
     """What a receiver answered to one successful request."""
@@ -82,6 +80,11 @@ class Response:
     headers: dict[str, str]
     body: bytes
     duration: float
+
+    @property
+    def code(self) -> str:
+        """The status as the attempt metrics and the history label it."""
+        return str(self.status)
 
 
 class Credentials(Protocol):
