@@ -30,7 +30,10 @@ LAYERS: list[set[str]] = [
         "forwarder.secrets",
         "forwarder.metrics",
         "forwarder.event_loop",
+        "forwarder.memory",
     },
+    # Chain records, signatures and the verifier: pure format and cryptography.
+    {"forwarder.integrity"},
     {"forwarder.buffer"},
     {"forwarder.destinations"},
     {"forwarder.config"},

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from forwarder.buffer.dead_letters import forget_chain_records
 from forwarder.buffer.store import EventBuffer
 from forwarder.logs import get_logger
 
@@ -105,9 +106,13 @@ class Housekeeper:
             )
             if not rows:
                 return total
-            await self._buffer.execute(
-                [(f"DELETE FROM {table} WHERE id <= ? AND {where}", [(rows[-1][0], *parameters)])]
-            )
+            clause = f" WHERE id <= ? AND {where}"
+            arguments = [(rows[-1][0], *parameters)]
+            statements: list[tuple[str, Sequence[Sequence[Any]]]] = []
+            if table == "dead_letters":
+                statements.append((forget_chain_records(clause), arguments))
+            statements.append((f"DELETE FROM {table}{clause}", arguments))
+            await self._buffer.execute(statements)
             total += len(rows)
             if len(rows) < DELETE_CHUNK:
                 return total

@@ -97,6 +97,27 @@ MIGRATIONS: tuple[str, ...] = (
         FROM events ORDER BY seq;
     DROP TABLE events;
     """,
+    # 4: tamper-evident delivery (see forwarder.delivery.chain): the chain state of
+    # each forwarder with integrity as of its cursor, and the records of its dead letters.
+    # Rowid tables (not WITHOUT ROWID): buffer salvage scans tables by rowid.
+    """
+    CREATE TABLE chain_states (
+        forwarder      TEXT NOT NULL,
+        at_seq         INTEGER NOT NULL,  -- the cursor this state belongs to
+        next_chain_seq INTEGER NOT NULL,  -- the chain seq the next event gets
+        head           TEXT NOT NULL,     -- hash of the last record (hex), or the genesis hash
+        PRIMARY KEY (forwarder, at_seq)
+    );
+    CREATE TABLE chain_dead_letters (
+        forwarder  TEXT NOT NULL,
+        chain_seq  INTEGER NOT NULL,      -- the record's place in the chain
+        event_id   TEXT NOT NULL,         -- how a replay of the dead letter finds it
+        record     BLOB NOT NULL,         -- the record as first delivered (compact JSON)
+        replay_seq INTEGER,               -- the buffer seq of the replay carrying it, once sent
+        PRIMARY KEY (forwarder, chain_seq)
+    );
+    CREATE INDEX chain_dead_letters_event ON chain_dead_letters(forwarder, event_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

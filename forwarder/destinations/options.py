@@ -9,13 +9,19 @@ for how many requests a forwarder has in flight, in what order and how fast
 (:class:`DeliveryOptions`, which a destination's options model derives from,
 so its keys sit at the top of the forwarder entry). ``Model`` is the base of
 every configuration section: camelCase aliases, unknown keys refused.
+
+``integrity`` (:class:`IntegrityConfig`, tamper-evident delivery) is one of
+those shared options: the chain records are assigned by the delivery loop,
+whatever the destination. The key itself is checked when the configuration
+is loaded (``forwarder.config.loading``), where ``signingKeyFile`` is read.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails
 
@@ -77,6 +83,54 @@ class RateLimitConfig(Model):
     requests_per_second: PositiveFloat | None = None
 
 
+class IntegrityConfig(Model):
+    """Tamper-evident delivery: a chain record on every event, signed checkpoints.
+
+    ``signingKey`` (inline PEM) or ``signingKeyFile`` (a Secret mount): the
+    Ed25519 private key ``audit-forwarder keygen`` writes. A checkpoint is
+    signed every ``checkpointEvery`` events and, when events keep coming,
+    at least every ``checkpointIntervalSeconds``.
+    """
+
+    mode: Literal["chain"]
+    signing_key: SecretStr | None = None
+    signing_key_file: Path | None = None
+    checkpoint_every: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    checkpoint_interval_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+
+    @model_validator(mode="after")
+    def _one_key(self) -> IntegrityConfig:
+        if self.signing_key is not None and self.signing_key_file is not None:
+            raise ValueError("set signingKey or signingKeyFile, not both")
+        if self.signing_key is None and self.signing_key_file is None:
+            raise ValueError(
+                "needs signingKey or signingKeyFile"
+                " (an Ed25519 private key in PEM, as written by audit-forwarder keygen)"
+            )
+        return self
+
+    def key_problem(self) -> str | None:
+        """What is wrong with the (read) key, without quoting it; None when it can sign."""
+        if self.signing_key is None:
+            return None  # the file could not be read: said already
+        # Here, not at the top: cryptography is loaded only when integrity is configured.
+        from forwarder.integrity.keys import KeyError_, load_private_key
+
+        try:
+            load_private_key(self.signing_key.get_secret_value())
+        except KeyError_ as exc:
+            return f"the key {exc}"
+        return None
+
+    def secrets(self) -> list[str]:
+        """The key as configured and its base64 body on one line, for masking."""
+        if self.signing_key is None:
+            return []
+        text = self.signing_key.get_secret_value().strip()
+        body = "".join(line for line in text.splitlines() if line and "-----" not in line)
+        return [value for value in (text, body) if value]
+
+
 class DeliveryOptions(Model):
     """How the delivery loop sends one forwarder's batches: how many at once, in what order,
     and how fast.
@@ -93,6 +147,7 @@ class DeliveryOptions(Model):
     ordering: Literal["strict", "relaxed"] = "strict"
     concurrency: Literal["fixed", "adaptive"] = "fixed"
     rate_limit: RateLimitConfig = RateLimitConfig()
+    integrity: IntegrityConfig | None = None
 
     @model_validator(mode="after")
     def _ordering_allows_concurrency(self) -> DeliveryOptions:

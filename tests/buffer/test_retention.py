@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from forwarder.buffer.dead_letters import INSERT_DEAD_LETTER
+from forwarder.buffer.dead_letters import INSERT_DEAD_LETTER, purge
 from forwarder.buffer.history import INSERT_ATTEMPT
 from forwarder.buffer.retention import Housekeeper
 from forwarder.buffer.store import EventBuffer, EventRecord
@@ -128,3 +128,30 @@ async def test_periodic_task_purges_at_start_and_stops_cleanly(buffer: EventBuff
     await keeper.stop()
     await keeper.stop()
     assert keeper.task is None
+
+
+CHAIN_RECORD = (
+    "INSERT INTO chain_dead_letters (forwarder, chain_seq, event_id, record, replay_seq)"
+    " VALUES (?, ?, ?, ?, NULL)"
+)
+
+
+async def test_chain_records_go_with_their_dead_letters(buffer: EventBuffer) -> None:
+    """The chain record of a dead letter that expires, or is purged, is deleted with it;
+    the records of dead letters still kept stay."""
+    await buffer.execute(
+        [
+            (INSERT_DEAD_LETTER, [dead_row("siem", NOW - 9 * DAY, n) for n in range(2)]),
+            (INSERT_DEAD_LETTER, [dead_row("siem", NOW - 1 * DAY, n) for n in range(2, 5)]),
+            (CHAIN_RECORD, [("siem", n + 1, f"e-{n}", b"{}") for n in range(5)]),
+        ]
+    )
+    keeper = Housekeeper(buffer, 7 * DAY, 1000, gauges(("siem", 0, 0.0)), clock=lambda: NOW)
+    assert (await keeper.purge_once())["dead_letters"] == 2
+    kept = await buffer.query("SELECT event_id FROM chain_dead_letters ORDER BY chain_seq")
+    assert [row[0] for row in kept] == ["e-2", "e-3", "e-4"]
+    assert await purge(buffer, "siem", ["e-3"]) == 1
+    kept = await buffer.query("SELECT event_id FROM chain_dead_letters ORDER BY chain_seq")
+    assert [row[0] for row in kept] == ["e-2", "e-4"]
+    assert await purge(buffer, None, []) == 2
+    assert await count(buffer, "chain_dead_letters") == 0

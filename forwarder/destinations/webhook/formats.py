@@ -18,6 +18,13 @@ event is unchanged.
 One event gives a single object (Chainloop's one event per request); several
 give the format's batch form. ``build_encoder`` does all per-forwarder work
 (compiling a template, the constant envelope fields, the host name) once.
+
+A forwarder with ``integrity`` hands over events with a chain record
+(``StoredEvent.chain``): ``json`` and ``ndjson`` splice it into each event as
+its first member, ``"auditChain"``; CloudEvents carry it as the extension
+attribute ``auditchain``, Splunk HEC as the indexed field
+``fields.auditchain`` (:mod:`forwarder.integrity.envelope`). Checked once
+per batch: without ``integrity`` nothing changes per event.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import orjson
 from forwarder.buffer.store import StoredEvent
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.templates import Template, compile_template
+from forwarder.integrity.envelope import EXTENSION, splice
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -112,6 +120,8 @@ class JsonEncoder:
 
     def encode(self, events: Sequence[StoredEvent]) -> EncodedBody:
         """The stored bytes, or their array."""
+        if events and events[0].chain is not None:
+            events = with_records(events)
         if len(events) == 1 and not self._batched:
             return EncodedBody(events[0].body, JSON)
         return EncodedBody(json_array([event.body for event in events]), JSON)
@@ -124,6 +134,8 @@ class NdjsonEncoder:
 
     def encode(self, events: Sequence[StoredEvent]) -> EncodedBody:
         """The stored bytes joined by newlines, with a trailing newline."""
+        if events and events[0].chain is not None:
+            events = with_records(events)
         return EncodedBody(b"".join(one_line(event.body) + b"\n" for event in events), NDJSON)
 
 
@@ -156,6 +168,9 @@ class CloudEventsEncoder:
         attributes = orjson.dumps(
             {"id": event.event_id, "type": event_type, "time": time, "datacontenttype": JSON}
         )
+        if event.chain is not None:
+            extension = b',"' + EXTENSION.encode() + b'":' + record_string(event)
+            attributes = attributes[:-1] + extension + b"}"
         return self._head + b"," + attributes[1:-1] + b',"data":' + event.body + b"}"
 
 
@@ -180,10 +195,14 @@ class SplunkHecEncoder:
         """The HEC envelope for ``event``, with its stored bytes as ``event``."""
         own_time = event_time(event.body)
         seconds = own_time[1] if own_time is not None else event.received_at
+        chain = b""
+        if event.chain is not None:
+            chain = b',"fields":{"' + EXTENSION.encode() + b'":' + record_string(event) + b"}"
         return (
             b'{"time":'
             + orjson.dumps(round(seconds, 3))
             + self._fields
+            + chain
             + b',"event":'
             + one_line(event.body)
             + b"}"
@@ -205,6 +224,21 @@ class TemplateEncoder:
         rendered = [self._template.render_raw(event.body) for event in events]
         single = len(rendered) == 1 and not self._batched
         return EncodedBody(rendered[0] if single else json_array(rendered), JSON)
+
+
+def with_records(events: Sequence[StoredEvent]) -> list[StoredEvent]:
+    """``events`` with each one's chain record spliced in as its first member."""
+    return [
+        event._replace(body=splice(event.body, event.chain.to_json()))
+        for event in events
+        if event.chain is not None
+    ]
+
+
+def record_string(event: StoredEvent) -> bytes:
+    """The event's chain record as a JSON string value (CloudEvents, HEC fields)."""
+    assert event.chain is not None
+    return orjson.dumps(event.chain.to_json().decode())
 
 
 def one_line(body: bytes) -> bytes:

@@ -274,6 +274,11 @@ class WebhookForwarderConfig(DeliveryOptions):
             problems.append("format: template needs a template")
         if self.template is not None and self.format != "template":
             problems.append("template is set but format is not template")
+        if self.integrity is not None and self.format == "template":
+            problems.append(
+                "integrity needs format json, ndjson, cloudevents or splunk_hec: a template"
+                " rewrites the event, so a receiver could not check its hash"
+            )
         header = self.auth.header
         if self.auth.type == "header" and header.lower() in {h.lower() for h in self.headers}:
             problems.append(f"headers must not set {header}: auth sends the token there")

@@ -35,6 +35,7 @@ from forwarder.destinations.webhook.proxies import proxy_url
 from forwarder.destinations.webhook.sending import USER_AGENT, OutgoingRequest
 from forwarder.destinations.webhook.signing import Signer, message_id
 from forwarder.destinations.webhook.transport import DestinationGuard
+from forwarder.integrity.envelope import chain_headers
 
 GZIP_LEVEL = 5  # most of level 9's ratio on JSON at a fraction of the CPU
 
@@ -79,6 +80,8 @@ class RequestBuilder:
         encoded = self._encoder.encode(events)
         headers = dict(self._headers)
         headers["Content-Type"] = encoded.content_type
+        if events and events[0].chain is not None:  # integrity: every event has its record
+            headers.update(chain_headers([e.chain for e in events if e.chain is not None]))
         if self._signer is not None:
             ids = [event.event_id for event in events]
             headers.update(self._signer.headers(message_id(ids), int(now), encoded.body))
