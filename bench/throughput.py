@@ -7,6 +7,8 @@
 5. Scale: scenario 1 on a daemon and buffer file that first delivered 2,000,000
    older events (NDJSON 1,000-batches, waited for until the sink has them all).
 6. Scenario 1 with ``buffer.synchronous: full``.
+8. Scenario 1 with the buffer encrypted at rest (``buffer.encryption`` with
+   one random key file): the cost of AES-256-GCM on every batch written and read.
 
 The three are one function (``end_to_end``) because they differ only in the
 daemon's history and its ``synchronous`` mode. ``run_syslog_ng`` is here
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from typing import Any
 
@@ -63,18 +66,27 @@ async def run_syslog_ng(run: Run) -> dict[str, Any]:
 
 
 async def end_to_end(
-    run: Run, key: str, title: str, synchronous: str = "normal", history: int = 0
+    run: Run,
+    key: str,
+    title: str,
+    synchronous: str = "normal",
+    history: int = 0,
+    encrypted: bool = False,
 ) -> dict[str, Any]:
-    """Scenario 1 (and 5, 6): N events in NDJSON 1,000-batches, until the sink has them all."""
+    """Scenario 1 (and 5, 6, 8): N events in NDJSON 1,000-batches, until the sink has them all."""
     events = run.plan.events
     bodies = run.bodies()
     work = run.tmp / f"scenario-{key}"
     row: dict[str, Any] = {"scenario": key, "title": title, "synchronous": synchronous}
     with contextlib.ExitStack() as stack:
         sink = started_sink(stack, Sink(work / "sink"), run)
-        daemon = await started(
-            stack, Daemon(work / "daemon", forwarder_config(work, sink.url, synchronous))
-        )
+        config = forwarder_config(work, sink.url, synchronous)
+        if encrypted:
+            work.mkdir(parents=True, exist_ok=True)
+            (work / "buffer.key").write_bytes(os.urandom(32))
+            config["buffer"]["encryption"] = {"keyFile": str(work / "buffer.key")}
+            row["encryption"] = "aes-256-gcm"
+        daemon = await started(stack, Daemon(work / "daemon", config))
         with TreeSampler(daemon.pid) as rss:
             await warm_up(daemon, sink)
             if history:

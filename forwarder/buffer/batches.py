@@ -6,7 +6,9 @@ the whole pipeline, about 4 µs an event in the writer alone. A commit's
 events are instead written as one row:
 
 * ``bodies`` is the events' bytes concatenated, ``lengths`` a JSON array of
-  their sizes, so a reader slices events out without parsing them;
+  their sizes, so a reader slices events out without parsing them (with
+  encryption at rest, ``bodies`` is sealed as one value: one AES-GCM
+  operation per batch, see ``forwarder.buffer.encryption``);
 * ``event_types`` is run-length encoded (``[[type, count], ...]``): a batch
   of one kind of event costs a few bytes, and filters still decide per event;
 * ``event_ids`` holds the ids that must be kept (client-supplied, or carried
@@ -30,9 +32,14 @@ import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
+
+from forwarder.buffer.encryption import NO_KEYS, Keyring, batch_context
+
+if TYPE_CHECKING:
+    from forwarder.integrity.records import ChainRecord
 
 # A batch is split beyond these, so one row never makes a reader hold much.
 MAX_BATCH_EVENTS = 10_000
@@ -85,7 +92,11 @@ class EventRecord:
 
 
 class StoredEvent(NamedTuple):
-    """A committed event as delivery reads it."""
+    """A committed event as delivery reads it.
+
+    ``chain`` is never stored: the delivery layer sets it, for a forwarder
+    with ``integrity``, to the event's chain record (forwarder.delivery.chain).
+    """
 
     seq: int
     event_id: str
@@ -93,6 +104,7 @@ class StoredEvent(NamedTuple):
     received_at: float
     only_forwarder: str | None
     body: bytes
+    chain: ChainRecord | None = None
 
 
 def id_prefix(instance: int) -> str:
@@ -135,19 +147,30 @@ def type_runs(types: Sequence[str | None]) -> list[list[Any]]:
 
 
 def batch_row(
-    first_seq: int, records: Sequence[EventRecord], received_at: float
+    first_seq: int,
+    records: Sequence[EventRecord],
+    received_at: float,
+    keyring: Keyring = NO_KEYS,
 ) -> tuple[Any, ...]:
-    """The ``batches`` row of ``records`` (one :func:`split` part), seqs from ``first_seq``."""
+    """The ``batches`` row of ``records`` (one :func:`split` part), seqs from ``first_seq``.
+
+    With encryption on, ``bodies`` is sealed for this seq range
+    (``forwarder.buffer.encryption``); the other columns stay in clear.
+    """
     ids = [record.event_id for record in records]
+    last_seq = first_seq + len(records) - 1
+    bodies = b"".join([record.body for record in records])
+    if keyring.enabled:
+        bodies = keyring.seal(bodies, batch_context(first_seq, last_seq))
     return (
         first_seq,
-        first_seq + len(records) - 1,
+        last_seq,
         received_at,
         records[0].only_forwarder,
         orjson.dumps(type_runs([record.event_type for record in records])),
         orjson.dumps(ids) if any(ids) else None,
         orjson.dumps([len(record.body) for record in records]),
-        b"".join([record.body for record in records]),
+        bodies,
     )
 
 
@@ -171,7 +194,12 @@ def expand_runs(encoded: bytes) -> list[str | None]:
 
 
 class Batch:
-    """One decoded ``batches`` row: slices out its events by seq."""
+    """One decoded ``batches`` row: slices out its events by seq.
+
+    Sealed bodies are opened here, once per batch; an error naming the key
+    id (``forwarder.buffer.encryption``) is raised rather than any event read
+    from a batch that does not open.
+    """
 
     __slots__ = (
         "_bodies",
@@ -186,7 +214,7 @@ class Batch:
         "size",
     )
 
-    def __init__(self, row: Sequence[Any], prefix: str) -> None:
+    def __init__(self, row: Sequence[Any], prefix: str, keyring: Keyring = NO_KEYS) -> None:
         first, last, received_at, only_forwarder, types, ids, lengths, bodies = row
         self.first_seq: int = first
         self.last_seq: int = last
@@ -195,7 +223,9 @@ class Batch:
         self._types = expand_runs(types)
         self._ids: list[str | None] | None = orjson.loads(ids) if ids is not None else None
         self._offsets = [0, *itertools.accumulate(orjson.loads(lengths))]
-        self._bodies: bytes = bytes(bodies)
+        self._bodies: bytes = keyring.open(
+            bytes(bodies), batch_context(first, last), f"the batch of events {first}..{last}"
+        )
         self._prefix = prefix
         self.size = len(self._bodies)
 
@@ -224,6 +254,7 @@ class Batch:
                     received_at,
                     only_forwarder,
                     bodies[offsets[index] : offsets[index + 1]],
+                    None,
                 ),
             )
             for index, event_id in zip(
@@ -256,9 +287,10 @@ class BatchReader:
     oldest batches go first, since cursors only move forward.
     """
 
-    def __init__(self, query: Query, prefix: str) -> None:
+    def __init__(self, query: Query, prefix: str, keyring: Keyring = NO_KEYS) -> None:
         self._query = query
         self._prefix = prefix
+        self._keyring = keyring
         self._starts: list[int] = []  # first seqs of the cached batches, ascending
         self._cache: dict[int, Batch] = {}
         self._cached_bytes = 0
@@ -286,7 +318,9 @@ class BatchReader:
             # stretch of other forwarders' replays, or not exist yet.
             rows = await self._query(READ, (after_seq + 1, NO_SEQ_BOUND, after_seq, forwarder, 1))
         # Rows already cached (small batches fetched by a read further back) are not decoded again.
-        batches = [self._cache.get(row[0]) or Batch(row, self._prefix) for row in rows]
+        batches = [
+            self._cache.get(row[0]) or Batch(row, self._prefix, self._keyring) for row in rows
+        ]
         for batch in batches:
             self._remember(batch)
         self._evict(keep={batch.first_seq for batch in batches})

@@ -20,7 +20,10 @@ line naming the file and what to do, anything it cannot trust:
 never writes the file, so it may run beside a daemon; WAL readers do not
 block the writer), with a full ``integrity_check`` and a summary: pending
 events per forwarder by event type (the command applies the configured
-filters), dead letters, size.
+filters), dead letters, size, and what is encrypted under which key id
+(``encryption``): a pending event under a key id the configuration lacks, or
+that its key does not open, makes the status ``missing_key`` / ``wrong_key``,
+as the daemon would refuse to start on it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ from typing import Any
 from urllib.parse import quote
 
 from forwarder.buffer import batches
+from forwarder.buffer.encryption import (
+    MAGIC,
+    NO_KEYS,
+    EncryptionError,
+    Keyring,
+    batch_context,
+    key_id_sql,
+    sealed_sql,
+)
 from forwarder.buffer.lock import BufferLock, unusable_from_os_error
 from forwarder.buffer.schema import SCHEMA_VERSION, SchemaTooNewError, migrate, tables_at
 from forwarder.errors import BufferUnusableError
@@ -43,6 +55,33 @@ INTEGRITY_PROBLEMS_SHOWN = 10
 def damaged(path: Path, problem: str) -> BufferUnusableError:
     """The error for a file SQLite finds damaged."""
     return BufferUnusableError("damaged", path, f"is damaged ({problem})", SALVAGE_HINT)
+
+
+def missing_key(
+    path: Path, key_ids: list[str], events: int, keyring: Keyring
+) -> BufferUnusableError:
+    """The error for pending events under key ids that are not configured."""
+    where = "does not list them" if keyring.key_ids else "is not set"
+    return BufferUnusableError(
+        "missing_key",
+        path,
+        f"holds {events} pending events encrypted with key id {', '.join(key_ids)},"
+        f" and buffer.encryption {where}",
+        "configure those keys under buffer.encryption.keys (the active key may be"
+        " another) until the events are delivered",
+    )
+
+
+def wrong_key(path: Path, key_id: str, first_seq: int, last_seq: int) -> BufferUnusableError:
+    """The error for pending events the configured key of their id does not open."""
+    return BufferUnusableError(
+        "wrong_key",
+        path,
+        f"holds pending events {first_seq}..{last_seq} that the configured key"
+        f" {key_id!r} does not open (a different key under that id, or damaged data)",
+        f"configure the key file those events were encrypted with as id {key_id!r};"
+        f" if the data is damaged, {SALVAGE_HINT}",
+    )
 
 
 def unusable_from_sqlite_error(path: Path, exc: sqlite3.Error) -> BufferUnusableError:
@@ -178,11 +217,12 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None)
 
 
-def inspect(path: Path) -> dict[str, Any]:
+def inspect(path: Path, keyring: Keyring = NO_KEYS) -> dict[str, Any]:
     """``buffer check``: classification, integrity and a summary of ``path``, read-only.
 
     ``status`` is ``ok``, ``missing`` or the kind of :class:`BufferUnusableError`
-    (``damaged``, ``foreign``, ``too_new``, ``unreadable``, ``not_a_file``).
+    (``damaged``, ``foreign``, ``too_new``, ``unreadable``, ``not_a_file``,
+    ``missing_key``, ``wrong_key``). ``keyring`` is the configured keys.
     """
     holder = BufferLock.holder(path)
     report: dict[str, Any] = {
@@ -222,6 +262,10 @@ def inspect(path: Path) -> dict[str, Any]:
             _failed(report, damaged(path, problems[0]))
         elif version == SCHEMA_VERSION:  # on a damaged file its queries would only fail
             report["summary"] = summarize(conn)
+            report["summary"]["encryption"] = encryption = encryption_summary(conn, keyring)
+            problem = encryption.pop("problem")
+            if problem is not None:
+                _failed(report, problem)
     except BufferUnusableError as exc:
         _failed(report, exc)
     except sqlite3.Error as exc:
@@ -284,3 +328,63 @@ def summarize(conn: sqlite3.Connection) -> dict[str, Any]:
         "forwarders": forwarders,
         "dead_letters": {str(name): int(count) for name, count in dead},
     }
+
+
+_SEALED_COLUMNS = (
+    ("batches", "bodies"),
+    ("dead_letters", "body"),
+    ("dead_letters", "response_body"),
+    ("delivery_attempts", "response_body"),
+)
+_NO_CURSOR = 2**63 - 1
+
+
+def encryption_summary(conn: sqlite3.Connection, keyring: Keyring) -> dict[str, Any]:
+    """Rows sealed per column and key id; key ids the configuration cannot open.
+
+    ``problem`` is ``(kind, problem, remedy)`` when pending events cannot be
+    opened with ``keyring`` (the checks the daemon makes at start), else None.
+    """
+    path = Path(conn.execute("PRAGMA database_list").fetchone()[2])
+    encrypted: dict[str, dict[str, int]] = {}
+    for table, column in _SEALED_COLUMNS:
+        count = "sum(last_seq - first_seq + 1)" if table == "batches" else "count(*)"
+        rows = conn.execute(
+            f"SELECT {key_id_sql(column)} AS key_id, {count} FROM {table}"
+            f" WHERE {sealed_sql(column)} GROUP BY key_id",
+            (MAGIC,),
+        ).fetchall()
+        encrypted[f"{table}.{column}"] = {_text(kid): int(n) for kid, n in rows}
+    used = {kid for counts in encrypted.values() for kid in counts}
+    pending = conn.execute(
+        f"SELECT {key_id_sql('bodies')} AS key_id, min(first_seq),"
+        " sum(last_seq - first_seq + 1) FROM batches"
+        f" WHERE last_seq > (SELECT coalesce(min(cursor), {_NO_CURSOR}) FROM forwarders)"
+        f" AND {sealed_sql('bodies')} GROUP BY key_id",
+        (MAGIC,),
+    ).fetchall()
+    problem: BufferUnusableError | None = None
+    missing = sorted(_text(kid) for kid, _, _ in pending if not keyring.has(_text(kid)))
+    if missing:
+        events = sum(int(n) for kid, _, n in pending if _text(kid) in missing)
+        problem = missing_key(path, missing, events, keyring)
+    for kid, first, _ in pending:
+        if problem is None and keyring.has(_text(kid)):
+            row = conn.execute(
+                "SELECT first_seq, last_seq, bodies FROM batches WHERE first_seq = ?", (first,)
+            ).fetchone()
+            try:
+                keyring.open(bytes(row[2]), batch_context(row[0], row[1]))
+            except EncryptionError:
+                problem = wrong_key(path, _text(kid), row[0], row[1])
+    return {
+        "active_key_id": keyring.active,
+        "configured_key_ids": keyring.key_ids,
+        "encrypted": encrypted,
+        "unreadable_key_ids": sorted(used - set(keyring.key_ids)),
+        "problem": problem,
+    }
+
+
+def _text(key_id: bytes | str) -> str:
+    return key_id.decode("ascii", "replace") if isinstance(key_id, bytes) else key_id

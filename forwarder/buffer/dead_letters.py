@@ -9,6 +9,12 @@ nor in neither. Replay after fixing a bad token is the normal way out of a
 401 storm. A replay by id says which of the ids it was given matched no dead
 letter (a typo, or one already replayed or purged), so that the operator is
 not told "done" when nothing was.
+
+With encryption at rest, ``body`` and ``response_body`` are sealed by the
+writer (``forwarder.buffer.writes``) and opened here. A dead letter under a
+key that is no longer configured is never dropped: the list shows an error
+for that row naming the key id, and a replay that selects one refuses before
+it replays anything (:class:`forwarder.buffer.encryption.MissingKeyError`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,15 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from forwarder.buffer.encryption import (
+    MAGIC,
+    EncryptionError,
+    Keyring,
+    MissingKeyError,
+    is_sealed,
+    key_id_of,
+    open_column,
+)
 from forwarder.buffer.store import EventBuffer, EventRecord
 
 INSERT_DEAD_LETTER = (
@@ -45,7 +60,7 @@ async def list_dead_letters(
     where, parameters = _where(forwarder, ())
     rows = await buffer.query(
         "SELECT id, forwarder, event_id, event_type, received_at, dead_at, status, code,"
-        f" reason, response_body FROM dead_letters{where} ORDER BY id DESC LIMIT ?",
+        f" reason, response_body, seq FROM dead_letters{where} ORDER BY id DESC LIMIT ?",
         (*parameters, limit),
     )
     (total,) = (await buffer.query(f"SELECT count(*) FROM dead_letters{where}", parameters))[0]
@@ -62,7 +77,7 @@ async def list_dead_letters(
                 "status": status,
                 "code": code,
                 "reason": reason,
-                "response_body": bytes(body or b"").decode("utf-8", "replace"),
+                **_response(buffer.keyring, body, name, seq, event_id),
             }
             for (
                 row_id,
@@ -75,9 +90,36 @@ async def list_dead_letters(
                 code,
                 reason,
                 body,
+                seq,
             ) in rows
         ],
     }
+
+
+def _response(
+    keyring: Keyring, stored: bytes | None, forwarder: str, seq: int, event_id: str
+) -> dict[str, str]:
+    """``response_body`` as text; when it cannot be opened, the error in its place too."""
+    where = f"the dead letter of event {event_id}"
+    try:
+        body = open_column(
+            keyring, "dead_letters", "response_body", stored, (forwarder, seq, event_id), where
+        )
+    except EncryptionError as exc:
+        return {"response_body": f"[not readable: {exc}]", "encryption_error": str(exc)}
+    return {"response_body": (body or b"").decode("utf-8", "replace")}
+
+
+async def _require_keys(buffer: EventBuffer, where: str, parameters: Sequence[Any]) -> None:
+    """Refuse a replay selecting dead letters under a key that is not configured."""
+    sealed = f"{where} AND substr(body, 1, 4) = ?" if where else " WHERE substr(body, 1, 4) = ?"
+    rows = await buffer.query(
+        f"SELECT event_id, substr(body, 1, 100) FROM dead_letters{sealed}",
+        (*parameters, MAGIC),
+    )
+    for event_id, head in rows:
+        if is_sealed(head) and not buffer.keyring.has(key_id := key_id_of(head)):
+            raise MissingKeyError(key_id, f"the dead letter of event {event_id}")
 
 
 async def replay(
@@ -90,15 +132,18 @@ async def replay(
 
     ``{"replayed": N, "skipped_unknown_forwarder": M}``, plus ``"not_found"``
     (in the order given) when some of ``event_ids`` matched no dead letter.
+    A selected dead letter under a key that is not configured raises
+    :class:`MissingKeyError` before anything is replayed.
     """
     where, parameters = _where(forwarder, event_ids)
+    await _require_keys(buffer, where, parameters)
     replayed = skipped = 0
     after = 0
     missing = dict.fromkeys(event_ids)
     while True:
         clause = f"{where} AND id > ?" if where else " WHERE id > ?"
         rows = await buffer.query(
-            f"SELECT id, forwarder, event_id, event_type, body FROM dead_letters{clause}"
+            f"SELECT id, forwarder, event_id, event_type, body, seq FROM dead_letters{clause}"
             " ORDER BY id LIMIT ?",
             (*parameters, after, REPLAY_CHUNK),
         )
@@ -114,13 +159,35 @@ async def replay(
         skipped += len(rows) - len(wanted)
         if wanted:
             records = [
-                EventRecord(event_id, event_type, bytes(body), False, only_forwarder=name)
-                for _, name, event_id, event_type, body in wanted
+                EventRecord(
+                    event_id,
+                    event_type,
+                    _body(buffer.keyring, body, name, seq, event_id),
+                    False,
+                    only_forwarder=name,
+                )
+                for _, name, event_id, event_type, body, seq in wanted
             ]
             await buffer.append(
                 records, [("DELETE FROM dead_letters WHERE id = ?", [(row[0],) for row in wanted])]
             )
             replayed += len(wanted)
+
+
+def forget_chain_records(where: str) -> str:
+    """The statement deleting the chain records of the dead letters ``where`` selects.
+
+    A chained forwarder's dead letter keeps its chain record
+    (``chain_dead_letters``) so that a replay carries it; once the dead
+    letter itself is purged or expires, nothing can replay it, so its record
+    goes in the same transaction. ``where`` is a ``WHERE`` clause on
+    ``dead_letters`` (leading space included) with the parameters of the
+    ``DELETE`` that follows it.
+    """
+    return (
+        "DELETE FROM chain_dead_letters WHERE (forwarder, event_id) IN"
+        f" (SELECT forwarder, event_id FROM dead_letters{where})"
+    )
 
 
 async def purge(buffer: EventBuffer, forwarder: str | None, event_ids: Sequence[str]) -> int:
@@ -133,5 +200,18 @@ async def purge(buffer: EventBuffer, forwarder: str | None, event_ids: Sequence[
         return 0
     # Bounded by the newest row counted: a dead letter arriving meanwhile is kept.
     clause = f"{where} AND id <= ?" if where else " WHERE id <= ?"
-    await buffer.execute([(f"DELETE FROM dead_letters{clause}", [(*parameters, newest)])])
+    await buffer.execute(
+        [
+            (forget_chain_records(clause), [(*parameters, newest)]),
+            (f"DELETE FROM dead_letters{clause}", [(*parameters, newest)]),
+        ]
+    )
     return int(count)
+
+
+def _body(keyring: Keyring, stored: bytes, forwarder: str, seq: int, event_id: str) -> bytes:
+    """A dead letter's event bytes, opened when sealed."""
+    where = f"the dead letter of event {event_id}"
+    body = open_column(keyring, "dead_letters", "body", stored, (forwarder, seq, event_id), where)
+    assert body is not None  # the column is NOT NULL
+    return body

@@ -8,6 +8,10 @@ against ``buffer.maxBytes``. Ids of one request are nearly all alike
 (generated ids differ only in their last digits), so zlib at its fastest
 level shrinks them about tenfold for a few microseconds per request. Rows
 written before this are plain JSON text and read as such.
+
+With encryption at rest, an attempt's ``response_body`` (what the receiver
+answered, which may echo events) is sealed by the writer and opened by
+:func:`response_text`; its event ids, codes and times stay in clear.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import zlib
 from collections.abc import Sequence
 
 import orjson
+
+from forwarder.buffer.encryption import EncryptionError, Keyring, open_column
 
 INSERT_ATTEMPT = (
     "INSERT INTO delivery_attempts (forwarder, attempted_at, attempt, events, event_ids,"
@@ -44,3 +50,21 @@ def unpack_event_ids(stored: str | bytes) -> list[str]:
     if not isinstance(ids, list):
         raise ValueError("stored event ids are not a list")
     return [str(event_id) for event_id in ids]
+
+
+def response_text(
+    keyring: Keyring, forwarder: str, attempted_at: float, attempt: int, stored: bytes | None
+) -> str:
+    """An attempt's stored answer as text; an error naming the key id if it cannot be opened."""
+    try:
+        body = open_column(
+            keyring,
+            "delivery_attempts",
+            "response_body",
+            stored,
+            (forwarder, attempted_at, attempt),
+            f"the answer to attempt {attempt} at {attempted_at}",
+        )
+    except EncryptionError as exc:
+        return f"[not readable: {exc}]"
+    return (body or b"").decode("utf-8", "replace")

@@ -3,20 +3,34 @@
 Split from the store so that the store holds the running buffer and this
 module holds what happens once per start: the connection settings (WAL,
 durability, small page caches, a bounded WAL after checkpoints) and the few
-queries that recover the head, the cursors and the instance number. Nothing
+queries that recover the head, the cursors and the instance number, and the
+check that the configured keys open what is pending (``check_keys``). Nothing
 here is on a hot path, and all of it must agree with ``schema.py``.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import aiosqlite
 
+from forwarder.buffer.check import missing_key, wrong_key
 from forwarder.buffer.cleanup import BUSY_TIMEOUT_MS
+from forwarder.buffer.encryption import (
+    MAGIC,
+    EncryptionError,
+    Keyring,
+    batch_context,
+    key_id_sql,
+    sealed_sql,
+)
+from forwarder.logs import get_logger
+
+log = get_logger("buffer")
 
 
 @dataclass(frozen=True)
@@ -78,3 +92,72 @@ async def read_state(writer: aiosqlite.Connection) -> ResumedState:
         instance=instance,
         cursors={str(name): int(cursor) for name, cursor in cursors},
     )
+
+
+async def check_keys(
+    conn: aiosqlite.Connection,
+    path: Path,
+    keyring: Keyring,
+    cursors: Mapping[str, int],
+    forwarder_names: Iterable[str],
+) -> None:
+    """Refuse to start when pending events cannot be opened with the configured keys.
+
+    Pending: in a batch above the lowest cursor of the configured forwarders
+    (a new forwarder starts at the head; a removed one's cursor goes). A key
+    id that is not configured, or a key that does not open the first batch
+    stored under its id, is a :class:`BufferUnusableError` naming the ids:
+    the alternative, finding out in a delivery worker, would stop delivery
+    later with events acknowledged. Dead letters and history under a missing
+    key only warn: they are shown with an error per row, never lost.
+    """
+    kept = [cursors[name] for name in forwarder_names if name in cursors]
+    if not kept:
+        return
+    key_id = key_id_sql("bodies")
+    rows = await conn.execute_fetchall(
+        f"SELECT {key_id} AS key_id, sum(last_seq - first_seq + 1), min(first_seq)"
+        f" FROM batches WHERE last_seq > ? AND {sealed_sql('bodies')}"
+        " GROUP BY key_id",
+        (min(kept), MAGIC),
+    )
+    found = {bytes(kid).decode("ascii", "replace"): (int(n), int(first)) for kid, n, first in rows}
+    missing = sorted(kid for kid in found if not keyring.has(kid))
+    if missing:
+        raise missing_key(path, missing, sum(found[kid][0] for kid in missing), keyring)
+    for kid, (_, first) in sorted(found.items()):
+        batch = await conn.execute_fetchall(
+            "SELECT first_seq, last_seq, bodies FROM batches WHERE first_seq = ?", (first,)
+        )
+        for first_seq, last_seq, bodies in batch:
+            try:
+                keyring.open(bytes(bodies), batch_context(first_seq, last_seq))
+            except EncryptionError:
+                raise wrong_key(path, kid, first_seq, last_seq) from None
+    await _warn_unreadable_rows(conn, keyring)
+
+
+async def _warn_unreadable_rows(conn: aiosqlite.Connection, keyring: Keyring) -> None:
+    """Log the dead letters and history answers stored under keys no longer configured."""
+    for table, column in (
+        ("dead_letters", "body"),
+        ("dead_letters", "response_body"),
+        ("delivery_attempts", "response_body"),
+    ):
+        rows = await conn.execute_fetchall(
+            f"SELECT {key_id_sql(column)} AS key_id, count(*) FROM {table}"
+            f" WHERE {sealed_sql(column)} GROUP BY key_id",
+            (MAGIC,),
+        )
+        unknown = {
+            bytes(kid).decode("ascii", "replace"): int(count)
+            for kid, count in rows
+            if not keyring.has(bytes(kid).decode("ascii", "replace"))
+        }
+        if unknown:
+            log.warning(
+                "buffer_rows_under_missing_keys",
+                table=table,
+                column=column,
+                rows_by_key_id=unknown,
+            )

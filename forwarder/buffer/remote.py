@@ -10,6 +10,12 @@ The daemon tells this side about each commit (``appended``: the new head
 and per-type counts), which wakes the workers and keeps pending counts exact
 without polling.
 
+With encryption at rest this process opens the sealed batches it reads
+with its own keyring, loaded from the same configuration file; what it
+sends to be written (dead letters, history) goes in clear over the channel
+and the daemon's writer seals it, so the socketpair is the only place
+besides memory where those bytes are plain.
+
 Rows cross the channel as JSON; ``bytes`` values (bodies, response bodies)
 are wrapped as ``{"b": <base64>}``.
 """
@@ -25,6 +31,7 @@ from typing import Any
 import aiosqlite
 
 from forwarder.buffer.batches import BatchReader, id_prefix
+from forwarder.buffer.encryption import NO_KEYS, Keyring
 from forwarder.buffer.ipc import Channel
 from forwarder.buffer.store import AppendListener, AppendSummary, StoredEvent
 from forwarder.errors import BufferUnavailableError
@@ -62,15 +69,16 @@ def unpack_statements(packed: list[list[Any]]) -> Statements:
 class RemoteBuffer:
     """Reads the buffer file directly; writes go to the daemon. Constructing it does no I/O."""
 
-    def __init__(self, path: Path, channel: Channel) -> None:
+    def __init__(self, path: Path, channel: Channel, keyring: Keyring = NO_KEYS) -> None:
         self.path = path
+        self.keyring = keyring
         self._channel = channel
         self._reader: aiosqlite.Connection | None = None
         self._head = 0
         self._cursors: dict[str, int] = {}
         self._listeners: list[AppendListener] = []
         self._changed = asyncio.Event()
-        self._batch_reader = BatchReader(self.query, "")
+        self._batch_reader = BatchReader(self.query, "", keyring)
         channel.on("appended", self._on_appended)
 
     async def open(self) -> None:
@@ -81,7 +89,7 @@ class RemoteBuffer:
         await self._reader.execute("PRAGMA cache_size = -2000")
         rows = await self.query("SELECT value FROM meta WHERE key = 'instance'")
         # The daemon creates the instance number before it starts this process.
-        self._batch_reader = BatchReader(self.query, id_prefix(int(rows[0][0])))
+        self._batch_reader = BatchReader(self.query, id_prefix(int(rows[0][0])), self.keyring)
 
     async def sync(self) -> None:
         """Fetch the committed head and cursors from the daemon (after it registered them)."""

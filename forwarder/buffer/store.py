@@ -67,9 +67,10 @@ from forwarder.buffer.commits import (
     Register,
     Statements,
 )
+from forwarder.buffer.encryption import NO_KEYS, Keyring
 from forwarder.buffer.holdings import Holdings
 from forwarder.buffer.lock import BufferLock, FileWatch
-from forwarder.buffer.opening import connect_reader, connect_writer, read_state
+from forwarder.buffer.opening import check_keys, connect_reader, connect_writer, read_state
 from forwarder.buffer.writes import write_group
 from forwarder.errors import BufferUnavailableError
 from forwarder.logs import get_logger
@@ -98,8 +99,11 @@ class EventBuffer:
         synchronous: Literal["normal", "full"] = "normal",
         dedup_window_seconds: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        keyring: Keyring = NO_KEYS,
     ) -> None:
         self.path = path
+        # Seals what the writer stores and opens what is read (forwarder.buffer.encryption).
+        self.keyring = keyring
         self._synchronous = synchronous
         self._dedup_window = dedup_window_seconds
         self._clock = clock
@@ -118,7 +122,7 @@ class EventBuffer:
         self._last_dedup_purge = 0.0
         self._instance = 0
         self._id_prefix = ""
-        self._batch_reader = BatchReader(self.query, "")
+        self._batch_reader = BatchReader(self.query, "", keyring)
         # One daemon per file (lock.py); the daemon takes it before anything else.
         self.lock = BufferLock(path)
         self.file_watch = FileWatch(path)
@@ -129,8 +133,10 @@ class EventBuffer:
         """Open (creating and migrating if needed) and register the forwarders.
 
         Takes the lock first; a file that cannot be used (locked, damaged,
-        foreign, too new, unwritable) raises ``BufferUnusableError``.
+        foreign, too new, unwritable, or holding pending events that the
+        configured keys cannot open) raises ``BufferUnusableError``.
         """
+        forwarder_names = list(forwarder_names)
         self.lock.acquire()
         previous = await asyncio.to_thread(self._migrate)
         if previous != 0:
@@ -139,6 +145,7 @@ class EventBuffer:
             self._writer = await connect_writer(self.path, self._synchronous)
             self._reader = await connect_reader(self.path)
             await self._load_state()
+            await check_keys(self._writer, self.path, self.keyring, self._cursors, forwarder_names)
         except sqlite3.Error as exc:
             raise unusable_from_sqlite_error(self.path, exc) from None
         self.file_watch.start()
@@ -157,7 +164,7 @@ class EventBuffer:
         self._event_count = state.event_count
         self._instance = state.instance
         self._id_prefix = batches.id_prefix(self._instance)
-        self._batch_reader = BatchReader(self.query, self._id_prefix)
+        self._batch_reader = BatchReader(self.query, self._id_prefix, self.keyring)
         self._cursors = state.cursors
         await self._holdings.load(self._writer, self.path, self._floor(), self._next_seq)
 
@@ -358,7 +365,9 @@ class EventBuffer:
             await conn.execute("BEGIN IMMEDIATE")
             try:
                 now = self._clock()
-                appended = await write_group(conn, group, self._cursors, self._next_seq, now)
+                appended = await write_group(
+                    conn, group, self._cursors, self._next_seq, now, self.keyring
+                )
                 await self._maintain(conn, group, now)
                 await conn.execute("COMMIT")
             except BaseException:

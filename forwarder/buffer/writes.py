@@ -6,6 +6,12 @@ here runs inside the writer's open ``BEGIN IMMEDIATE`` and only *records* in
 the :class:`Group` what changed (new seqs, cursors, registrations); the store
 applies that to memory after ``COMMIT``, so a rolled-back group leaves no
 trace in memory either.
+
+Encryption at rest happens here too, in the one place every write passes:
+batch bodies are sealed as their rows are built, and the dead-letter and
+history rows the delivery process sends as plain statements are sealed
+before they run (``forwarder.buffer.encryption``), so plaintext bodies never
+reach the file and no other stage needs the key to write.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import aiosqlite
 from forwarder.buffer import batches
 from forwarder.buffer.batches import EventRecord
 from forwarder.buffer.commits import Append, AppendResult, Group, Part, Register, Statements
+from forwarder.buffer.encryption import NO_KEYS, Keyring, seal_statements
 
 _IN_CHUNK = 500
 
@@ -27,6 +34,7 @@ async def write_group(
     cursors: Mapping[str, int],
     head_seq: int,
     now: float,
+    keyring: Keyring = NO_KEYS,
 ) -> int:
     """Write every operation of ``group`` inside the open transaction, in queue order.
 
@@ -42,13 +50,13 @@ async def write_group(
             await _write_registration(conn, group, now)
     appends = [op for op in group.ops if isinstance(op, Append)]
     if appends:
-        appended = await _write_appends(conn, appends, group, head_seq, now)
+        appended = await _write_appends(conn, appends, group, head_seq, now, keyring)
     for op in group.ops:
         if isinstance(op, Append):
-            for sql, rows in op.statements:
+            for sql, rows in seal_statements(keyring, op.statements):
                 await conn.executemany(sql, rows)
         if isinstance(op, Statements):
-            for sql, rows in op.statements:
+            for sql, rows in seal_statements(keyring, op.statements):
                 await conn.executemany(sql, rows)
             for name, seq in op.acks.items():
                 group.acks[name] = max(seq, group.acks.get(name, seq))
@@ -86,7 +94,12 @@ async def _write_registration(conn: aiosqlite.Connection, group: Group, now: flo
 
 
 async def _write_appends(
-    conn: aiosqlite.Connection, appends: list[Append], group: Group, head_seq: int, now: float
+    conn: aiosqlite.Connection,
+    appends: list[Append],
+    group: Group,
+    head_seq: int,
+    now: float,
+    keyring: Keyring,
 ) -> int:
     known = await _known_client_ids(conn, appends)
     client_rows: list[tuple[str, float]] = []
@@ -106,7 +119,7 @@ async def _write_appends(
     rows = []
     for part in batches.split(kept):
         group.parts.append(Part(seq + 1, part))
-        rows.append(batches.batch_row(seq + 1, part, now))
+        rows.append(batches.batch_row(seq + 1, part, now, keyring))
         seq += len(part)
     group.received_at = now
     if rows:

@@ -55,7 +55,8 @@ import orjson
 from aiohttp import hdrs, web
 
 from forwarder.buffer import dead_letters
-from forwarder.buffer.history import unpack_event_ids
+from forwarder.buffer.encryption import EncryptionError
+from forwarder.buffer.history import response_text, unpack_event_ids
 from forwarder.buffer.store import EventBuffer
 from forwarder.delivery.forwarders import Forwarders, UnknownForwarderError
 from forwarder.destinations.webhook.formats import rfc3339
@@ -288,7 +289,9 @@ async def list_deliveries(request: web.Request, context: AdminContext) -> web.Re
             # out also covers rows written by a build that did not, and a
             # secret that was added to the configuration later.
             "error": masker.mask(error) if error else error,
-            "response_body": masker.mask(bytes(body or b"").decode("utf-8", "replace")),
+            "response_body": masker.mask(
+                response_text(context.buffer.keyring, name, at, attempt, body)
+            ),
         }
         for at, attempt, events, event_ids, outcome, code, status, duration_ms, error, body in rows
     ]
@@ -355,7 +358,11 @@ async def replay_dead_letters(request: web.Request, context: AdminContext) -> we
     if forwarder is not None and forwarder not in known:
         # No replay to a removed forwarder: there is no queue to put them in.
         raise UnknownForwarderRefusal(forwarder, known)
-    result = await dead_letters.replay(context.buffer, set(known), forwarder, ids)
+    try:
+        result = await dead_letters.replay(context.buffer, set(known), forwarder, ids)
+    except EncryptionError as exc:
+        # A dead letter under a removed key (or one that does not open) is never skipped.
+        raise IngestError(409, "not_readable", str(exc)) from None
     log.info("dead_letters_replayed", forwarder=forwarder, **result)
     return _json(result)
 

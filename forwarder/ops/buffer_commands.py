@@ -33,7 +33,7 @@ USABLE = ("ok", "missing")
 
 def check_buffer(settings: Settings) -> tuple[dict[str, Any], str]:
     """The ``buffer check`` report and its rendering; ``status`` says whether it is usable."""
-    report = inspect(settings.buffer.path)
+    report = inspect(settings.buffer.path, settings.buffer.keyring())
     summary = report.get("summary")
     if summary is not None:
         specs = {str(spec.name): spec for spec in settings.audit_log_forwarders}
@@ -95,12 +95,21 @@ def format_check(report: dict[str, Any]) -> str:
         f"{summary['events']} event(s) in {summary['batches']} batch(es),"
         f" {sum(summary['dead_letters'].values())} dead letter(s)"
     )
+    encrypted = summary["encryption"]["encrypted"]["batches.bodies"]
+    if encrypted or summary["encryption"]["unreadable_key_ids"]:
+        by_key = ", ".join(f"{count} under key {kid}" for kid, count in sorted(encrypted.items()))
+        lines.append(f"encrypted events: {by_key or 'none'}")
+    if summary["encryption"]["unreadable_key_ids"]:
+        unreadable = ", ".join(summary["encryption"]["unreadable_key_ids"])
+        lines.append(f"rows under key ids not configured (unreadable): {unreadable}")
     return "\n".join(lines)
 
 
 def salvage_buffer(settings: Settings) -> tuple[dict[str, Any], str]:
     """Run ``buffer salvage`` on the configured file; the report and its rendering."""
-    report = salvage(settings.buffer.path, settings.forwarder_names()).to_json()
+    report = salvage(
+        settings.buffer.path, settings.forwarder_names(), settings.buffer.keyring()
+    ).to_json()
     return report, format_salvage(report)
 
 
