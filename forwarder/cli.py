@@ -19,29 +19,34 @@ Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error
 (including an event ``render`` cannot read as one), 3 the buffer file cannot
 be used (damaged, foreign, written by a newer version, unreadable, or held by
 another daemon): a supervisor restarting the daemon cannot fix that, an
-operator can. Commands are imported when they run: ``--help``, ``--version``,
-``check-config`` and ``render`` load neither the daemon nor aiohttp's server.
+operator can.
+
+Start-up is part of the interface: an operator (or a probe script) waits for
+it on every call, and the interpreter alone takes ~12 ms. So this module
+imports only argparse and the ground floor; each command imports its own
+modules inside its handler. ``--help`` and ``--version`` load no third-party
+package; ``check-config`` loads pydantic and YAML but not aiohttp, structlog
+or prometheus_client; the operator commands add only the standard library's
+HTTP client (``ops/client.py``). ``tests/test_cli_imports.py`` guards this
+and ``python -m bench.cli_startup`` measures it.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forwarder import __version__
-from forwarder.config.loading import load_config
-from forwarder.config.settings import Settings
 from forwarder.errors import BufferUnusableError, ConfigError, ForwarderError
-from forwarder.event_loop import event_loop_runner
-from forwarder.logs import configure_logging
-from forwarder.ops.commands import CommandError, Outcome, check_dead_letter_selection
+
+if TYPE_CHECKING:
+    from forwarder.config.settings import Settings
+    from forwarder.ops.commands import CommandError, Outcome
 
 DEFAULT_CONFIG = "config.yaml"
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_BUFFER = 0, 1, 2, 3
@@ -185,8 +190,54 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
     top.add_argument("--metrics-url", help="the metrics listener (default: from the config)")
 
+    _add_integrity_commands(commands)
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def _add_integrity_commands(commands: Any) -> None:
+    """``keygen`` and ``verify`` (tamper-evident delivery; ops/integrity_commands.py)."""
+    keygen = commands.add_parser("keygen", help="write an Ed25519 key pair for integrity")
+    keygen.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.key/.pub")
+    verify = commands.add_parser("verify", help="check exported events against their chain")
+    verify.add_argument(
+        "--public-key", action="append", required=True, metavar="FILE", help="repeatable"
+    )
+    verify.add_argument("events", nargs="?", default="-", help="NDJSON or a JSON array; - stdin")
+    verify.add_argument("--from-seq", type=_int_in(1, 2**62, "a seq"), default=1)
+    verify.add_argument("--output", choices=("text", "json"), default="text")
+    _add_json(verify)
+
+
+def _integrity_command(args: argparse.Namespace) -> int:
+    # Only these two commands load cryptography.
+    from forwarder.ops.integrity_commands import (
+        EXIT_FINDINGS,
+        IntegrityCommandError,
+        keygen,
+        report_json,
+        report_text,
+        verify,
+    )
+
+    as_json = args.command == "verify" and (args.json or args.output == "json")
+    try:
+        if args.command == "keygen":
+            private_path, public_path = keygen(args.out)
+            print(f"wrote {private_path} (private, mode 0600) and {public_path}")
+            return EXIT_OK
+        report = verify(args.public_key, args.events, args.from_seq)
+    except IntegrityCommandError as exc:
+        if as_json:
+            _print_json({"error": "usage", "message": str(exc)})
+        else:
+            print(f"audit-forwarder: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if as_json:
+        _print_json(report_json(report))
+    else:
+        print(report_text(report))
+    return EXIT_OK if report.clean else EXIT_FINDINGS
 
 
 def _print_json(payload: Any) -> None:
@@ -204,6 +255,8 @@ def _fail(error: CommandError, as_json: bool) -> int:
 
 def _load(path: str, as_json: bool = False) -> Settings | None:
     """The settings, or None once every problem is reported (the caller exits 2)."""
+    from forwarder.config.loading import load_config  # pydantic and YAML: not for --help
+
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -227,8 +280,12 @@ def _run(path: str) -> int:
     settings = _load(path)
     if settings is None:
         return EXIT_CONFIG
+    # Imported late, as every command's own modules are: the others stay light.
+    from forwarder.app import Daemon
+    from forwarder.event_loop import event_loop_runner
+    from forwarder.logs import configure_logging
+
     configure_logging(settings.logging.level, settings.logging.format)
-    from forwarder.app import Daemon  # imported late: check-config stays light
 
     try:
         return event_loop_runner()(Daemon(settings, Path(path)).serve())
@@ -253,6 +310,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _receiver(host: str, port: int, status: int) -> int:
+    import asyncio
+    import contextlib
+
     from forwarder.ops.receiver import ReceiverBindError, run_receiver
 
     try:
@@ -268,7 +328,10 @@ def _top(args: argparse.Namespace) -> int:
     settings = _load(args.config, args.json)
     if settings is None:
         return EXIT_CONFIG
-    from forwarder.ops.top import run_top  # imported late: other commands stay light
+    import asyncio
+
+    from forwarder.ops.commands import CommandError
+    from forwarder.ops.top import run_top
 
     view = run_top(
         settings,
@@ -305,12 +368,12 @@ def _operator_command(args: argparse.Namespace) -> int:
     settings = _load(args.config, args.json)
     if settings is None:
         return EXIT_CONFIG
-    from forwarder.ops.commands import run_operator
+    from forwarder.ops.commands import CommandError, check_dead_letter_selection, run_operator
 
     try:
         if args.command == "dead-letters":
             check_dead_letter_selection(args)  # before anything is sent
-        outcome = asyncio.run(run_operator(args, settings, _notice))
+        outcome = run_operator(args, settings, _notice)
     except CommandError as exc:
         return _fail(exc, args.json)
     except ForwarderError as exc:  # the daemon did not answer
@@ -322,6 +385,7 @@ def _render(args: argparse.Namespace) -> int:
     settings = _load(args.config, args.json)
     if settings is None:
         return EXIT_CONFIG
+    from forwarder.ops.commands import CommandError
     from forwarder.ops.render import format_render, read_event, render
 
     try:
@@ -342,6 +406,7 @@ def _buffer_command(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     from forwarder.destinations.webhook.formats import rfc3339
     from forwarder.ops.buffer_commands import USABLE, check_buffer, salvage_buffer
+    from forwarder.ops.commands import CommandError
 
     try:
         if args.action == "check":
@@ -383,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _buffer_command(args)
     if args.command == "top":
         return _top(args)
+    if args.command in ("keygen", "verify"):
+        return _integrity_command(args)
     print(f"audit-forwarder {__version__}")
     return EXIT_OK
 

@@ -26,7 +26,7 @@ auditLogForwarders:
 """
 BAD_PROBLEMS = [
     "  ingest.tokne: unknown key (did you mean token?)",
-    "  auditLogForwarders[1].kind: unsupported kind 'kafka': the only kind is webhook",
+    "  auditLogForwarders[1].kind: unsupported kind 'kafka': the kinds are webhook, nats",
     "  auditLogForwarders[1].method: must be one of POST, PUT, PATCH",
 ]
 

@@ -14,7 +14,8 @@
   A problem in a value that came from an ``AUDIT_FORWARDER_*`` variable names
   the variable, since the operator will not find the value in the file.
 * Relative paths (``buffer.path``, ``ingest.unixSocket``, ``tokenFile``,
-  ``signingSecretFile``, the ``tls`` files) are resolved against the directory
+  ``signingSecretFile``, the ``tls`` files, ``buffer.encryption``'s key
+  files) are resolved against the directory
   of the configuration file, not the working directory: the same file means
   the same buffer whichever directory the daemon, ``check-config`` or an
   operator command was started from. That holds for the defaults too
@@ -30,6 +31,10 @@
   million strings — and an alias can make the tree cyclic. So the document is
   measured first, as a walk would see it, against limits far above any real
   configuration (a few hundred values, five levels).
+* ``check-config`` and every operator command load a configuration, so this
+  module imports only what validation needs: the webhook transport (and with
+  it aiohttp, ~120 ms of start-up) only when a forwarder has TLS files to
+  load or an IP address to judge against ``denyPrivateNetworks``.
 """
 
 from __future__ import annotations
@@ -42,16 +47,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr, TypeAdapter, ValidationError
+from pydantic.alias_generators import to_camel
 from pydantic_settings import SettingsError
 
+from forwarder.buffer.encryption import KeyFileError, read_key
 from forwarder.config.problems import EnvironmentOrigins, join_path, problems_from
-from forwarder.config.settings import IngestConfig, Settings, environment_overrides
+from forwarder.config.settings import BufferConfig, IngestConfig, Settings, environment_overrides
+from forwarder.destinations.kinds import AnyForwarderConfig, ForwarderConfig
+from forwarder.destinations.nats.options import NatsForwarderConfig, seed_problem
 from forwarder.destinations.webhook.auth import check_token
-from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.destinations.webhook.signing import check_secret
 from forwarder.destinations.webhook.templates import compile_template
-from forwarder.destinations.webhook.transport import check_tls, is_private
 from forwarder.errors import ConfigError, ConfigProblem
 
 # Limits of a document, counting every use of a YAML alias (see the module docstring).
@@ -63,6 +70,7 @@ _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Top-level keys in the order problems are listed (the order of the reference).
 _SECTIONS = ("", *(field.alias or name for name, field in Settings.model_fields.items()))
 FORWARDERS = "auditLogForwarders"
+FORWARDER: TypeAdapter[AnyForwarderConfig] = TypeAdapter(ForwarderConfig)
 
 
 def expand_env(value: Any, path: str, problems: list[ConfigProblem]) -> Any:
@@ -201,6 +209,13 @@ def _check_valid_parts(
             pass  # reported by the validation of the whole
         else:
             problems += _check_ingest(ingest, base_dir)
+    if not _is_refused("buffer", refused):
+        try:
+            buffer = BufferConfig.model_validate(merged.get("buffer") or {})
+        except ValidationError:
+            pass  # reported by the validation of the whole
+        else:
+            problems += _check_encryption(buffer, base_dir)
     specs = merged.get(FORWARDERS, merged.get("audit_log_forwarders"))
     for index, raw in enumerate(specs if isinstance(specs, list) else []):
         where = f"{FORWARDERS}[{index}]"
@@ -208,7 +223,7 @@ def _check_valid_parts(
             problems += _check_refused_forwarder(raw, where, refused)
             continue
         try:
-            spec = WebhookForwarderConfig.model_validate(raw)
+            spec = FORWARDER.validate_python(raw)
         except ValidationError:
             continue
         problems += _check_forwarder(spec, where, base_dir)
@@ -254,6 +269,7 @@ def _check_settings(settings: Settings, base_dir: Path | None) -> list[ConfigPro
     if "path" in settings.buffer.model_fields_set:
         _resolve_paths(settings.buffer, ("path",), base_dir)
     problems = _check_ingest(settings.ingest, base_dir)
+    problems += _check_encryption(settings.buffer, base_dir)
     for index, spec in enumerate(settings.audit_log_forwarders):
         problems += _check_forwarder(spec, f"{FORWARDERS}[{index}]", base_dir)
     return problems
@@ -299,6 +315,35 @@ def _read_secret(
             _set(model, value_field, secret)
 
 
+def _check_encryption(buffer: BufferConfig, base_dir: Path | None) -> list[ConfigProblem]:
+    """Resolve ``buffer.encryption``'s key files and read them, so a bad key fails check-config.
+
+    Never quotes a key: a problem names the file and what is wrong with it.
+    """
+    if buffer.encryption is None:
+        return []
+    encryption = buffer.encryption.model_copy()
+    _set(buffer, "encryption", encryption)
+    if encryption.key_file is not None:
+        _resolve_paths(encryption, ("key_file",), base_dir)
+        places = ["buffer.encryption.keyFile"]
+    else:
+        keys = [key.model_copy() for key in encryption.keys or []]
+        for key in keys:
+            _resolve_paths(key, ("file",), base_dir)
+        _set(encryption, "keys", keys)
+        places = [f"buffer.encryption.keys[{index}].file" for index in range(len(keys))]
+    problems = []
+    for place, (_, path) in zip(places, encryption.key_files(), strict=True):
+        try:
+            read_key(path)
+        except KeyFileError as exc:
+            problems.append(ConfigProblem(place, str(exc)))
+    if not problems:
+        encryption.load()
+    return problems
+
+
 def _check_ingest(ingest: IngestConfig, base_dir: Path | None) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     _resolve_paths(ingest, ("unix_socket", "token_file"), base_dir)
@@ -307,10 +352,13 @@ def _check_ingest(ingest: IngestConfig, base_dir: Path | None) -> list[ConfigPro
 
 
 def _check_forwarder(
-    spec: WebhookForwarderConfig, where: str, base_dir: Path | None
+    spec: AnyForwarderConfig, where: str, base_dir: Path | None
 ) -> list[ConfigProblem]:
     """Checks that need resolved secrets or files: they fail check-config, not deliveries."""
-    problems: list[ConfigProblem] = []
+    integrity = [] if spec.integrity is None else _check_integrity(spec, where, base_dir)
+    if isinstance(spec, NatsForwarderConfig):
+        return integrity + _check_nats_forwarder(spec, where, base_dir)
+    problems: list[ConfigProblem] = integrity
     _resolve_paths(spec, ("token_file", "signing_secret_file"), base_dir)
     _set(spec, "tls", spec.tls.model_copy())  # maybe the shared default, as above
     _resolve_paths(spec.tls, ("ca_file", "cert_file", "key_file"), base_dir)
@@ -336,13 +384,19 @@ def _check_forwarder(
         if secret_problem:
             key = "signingSecretFile" if spec.signing_secret_file is not None else "signingSecret"
             problems.append(ConfigProblem(f"{where}.{key}", secret_problem))
-    tls_problem = check_tls(spec.tls)
-    if tls_problem:
-        problems.append(ConfigProblem(f"{where}.tls", tls_problem))
+    tls = spec.tls
+    # The transport module brings aiohttp (~120 ms): imported only when there are
+    # TLS files to load or an address to judge, so a plain check-config stays fast.
+    if tls.ca_file is not None or tls.cert_file is not None or tls.insecure_skip_verify:
+        from forwarder.destinations.webhook.transport import check_tls
+
+        tls_problem = check_tls(tls)
+        if tls_problem:
+            problems.append(ConfigProblem(f"{where}.tls", tls_problem))
     if spec.template is not None:
         problems += _template_problems(spec.template, where)
     host = urlsplit(spec.uri).hostname or ""
-    if spec.deny_private_networks and _is_ip(host) and is_private(host):
+    if spec.deny_private_networks and _is_ip(host) and _is_private(host):
         problems.append(
             ConfigProblem(
                 f"{where}.uri",
@@ -350,6 +404,59 @@ def _check_forwarder(
             )
         )
     return problems
+
+
+def _check_nats_forwarder(
+    spec: NatsForwarderConfig, where: str, base_dir: Path | None
+) -> list[ConfigProblem]:
+    """A NATS forwarder's files: secrets read, the seed, credentials and TLS files readable."""
+    problems: list[ConfigProblem] = []
+    _resolve_paths(
+        spec, ("token_file", "password_file", "nkey_seed_file", "credentials_file"), base_dir
+    )
+    _set(spec, "tls", spec.tls.model_copy())  # maybe the shared default
+    _resolve_paths(spec.tls, ("ca_file", "cert_file", "key_file"), base_dir)
+    _read_secret(spec, "token_file", "token", f"{where}.tokenFile", problems)
+    _read_secret(spec, "password_file", "password", f"{where}.passwordFile", problems)
+    # Read again when connecting (a rotated file is used then); read here to fail early.
+    for field, key in (("nkey_seed_file", "nkeySeedFile"), ("credentials_file", "credentialsFile")):
+        path = getattr(spec, field)
+        secret = None if path is None else _read_secret_file(path, f"{where}.{key}", problems)
+        problem = None
+        if secret is not None and field == "nkey_seed_file":
+            problem = seed_problem(secret.get_secret_value())
+        elif secret is not None and "BEGIN USER NKEY SEED" not in secret.get_secret_value():
+            problem = "the file is not a NATS credentials file (no user NKey seed in it)"
+        if problem is not None:
+            problems.append(ConfigProblem(f"{where}.{key}", problem))
+    for field in ("ca_file", "cert_file", "key_file"):
+        path = getattr(spec.tls, field)
+        if path is not None and not os.access(path, os.R_OK):
+            problems.append(ConfigProblem(f"{where}.tls.{to_camel(field)}", f"cannot read {path}"))
+    return problems
+
+
+def _check_integrity(
+    spec: AnyForwarderConfig, where: str, base_dir: Path | None
+) -> list[ConfigProblem]:
+    """Read ``integrity.signingKeyFile``; check the key can sign (never quoting it)."""
+    problems: list[ConfigProblem] = []
+    assert spec.integrity is not None
+    _set(spec, "integrity", spec.integrity.model_copy())
+    integrity = spec.integrity
+    _resolve_paths(integrity, ("signing_key_file",), base_dir)
+    key = "signingKeyFile" if integrity.signing_key_file is not None else "signingKey"
+    _read_secret(integrity, "signing_key_file", "signing_key", f"{where}.integrity.{key}", problems)
+    problem = None if problems else integrity.key_problem()
+    if problem:
+        problems.append(ConfigProblem(f"{where}.integrity.{key}", problem))
+    return problems
+
+
+def _is_private(host: str) -> bool:
+    from forwarder.destinations.webhook.transport import is_private  # see _check_forwarder
+
+    return is_private(host)
 
 
 def _is_ip(host: str) -> bool:

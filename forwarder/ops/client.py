@@ -21,19 +21,29 @@ and says so in one line: the daemon may well be running with a socket the
 operator cannot use. Only a failure to *connect* falls back, never a request
 that reached the daemon, so nothing is ever sent twice. When neither
 answers, the one error names both.
+
+The client is the standard library's ``http.client``, synchronous: an
+operator command makes one or two requests and exits, and importing aiohttp
+(and asyncio) would cost it several times the request itself — the command
+line's start-up target is 150 ms (see ``cli.py``). ``http.client`` is loaded
+anyway by the configuration (``urllib.request``, for the proxy settings).
+:meth:`AdminClient.call` is the blocking call; :meth:`AdminClient.request`
+runs it in a worker thread for callers on an event loop (``top``).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
-from forwarder.config.settings import Settings
 from forwarder.errors import ForwarderError
+
+if TYPE_CHECKING:
+    from forwarder.config.settings import Settings
 
 TIMEOUT_SECONDS = 30.0
 # The Host the admin API accepts from any loopback client (with the port over
@@ -92,25 +102,38 @@ class AdminClient:
         body: bytes | None = None,
         content_type: str = "application/json",
     ) -> Any:
+        """:meth:`call` in a worker thread, for callers on an event loop."""
+        # Already imported by whoever awaits this: the CLI's blocking path never loads it.
+        import asyncio
+
+        return await asyncio.to_thread(self.call, method, path, body, content_type)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
         """Send one request; return the decoded JSON answer or raise."""
         headers = dict(self._headers)
-        # Without a body aiohttp would label a POST application/octet-stream,
-        # which the admin API refuses (415) for calls that change state.
+        # The admin API refuses (415) a call that changes state without this
+        # label, even one with no body.
         if body is not None or method.upper() not in SAFE_METHODS:
             headers["Content-Type"] = content_type
         if self._socket is None:
-            return await self._over_tcp(method, path, body, headers, None)
+            return self._over_tcp(method, path, body, headers, None)
         try:
-            return await self._send(self._socket, method, path, body, headers)
+            return self._send(self._socket, method, path, body, headers)
         except _ConnectFailed as failure:
             if not self._fallback:
                 raise self._unreachable(self.address, failure.reason) from None
             socket_failure = f"unix:{self._socket} ({failure.reason})"
         # Later requests of this command go straight to TCP.
         self._socket, self.address = None, str(self._tcp)
-        return await self._over_tcp(method, path, body, headers, socket_failure)
+        return self._over_tcp(method, path, body, headers, socket_failure)
 
-    async def _over_tcp(
+    def _over_tcp(
         self,
         method: str,
         path: str,
@@ -119,7 +142,7 @@ class AdminClient:
         socket_failure: str | None,
     ) -> Any:
         try:
-            answer = await self._send(None, method, path, body, headers)
+            answer = self._send(None, method, path, body, headers)
         except _ConnectFailed as failure:
             tried = f"{socket_failure} nor at " if socket_failure else ""
             raise self._unreachable(f"{tried}{self._tcp}", failure.reason) from None
@@ -140,37 +163,41 @@ class AdminClient:
             f"cannot reach the daemon at {where} (is it running?): {reason}"
         )
 
-    async def _send(
+    def _send(
         self,
-        socket: str | None,
+        socket_path: str | None,
         method: str,
         path: str,
         body: bytes | None,
         headers: dict[str, str],
     ) -> Any:
         """One request over the socket (a path) or TCP (None); ``_ConnectFailed`` if not sent."""
-        connector = aiohttp.UnixConnector(path=socket) if socket else None
-        base = f"http://{LOOPBACK_HOST}" if socket else f"http://{self._tcp}"
-        if not socket:
+        where = f"unix:{socket_path}" if socket_path else str(self._tcp)
+        connection: http.client.HTTPConnection
+        if socket_path:
+            # The Host header is the connection's placeholder host: ``localhost``.
+            connection = _UnixConnection(socket_path, TIMEOUT_SECONDS)
+        else:
+            connection = http.client.HTTPConnection(str(self._tcp), timeout=TIMEOUT_SECONDS)
             port = (self._tcp or "").rpartition(":")[2]
             headers = {**headers, "Host": f"{LOOPBACK_HOST}:{port}"}
         try:
-            async with (
-                aiohttp.ClientSession(
-                    connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)
-                ) as session,
-                session.request(method, base + path, data=body, headers=headers) as answer,
-            ):
-                raw = await answer.read()
+            try:
+                connection.connect()
+            except TimeoutError:
+                raise self._unreachable(where, "TimeoutError") from None
+            except OSError as exc:
+                raise _ConnectFailed(_reason(exc)) from None
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                answer = connection.getresponse()
+                raw = answer.read()
                 status = answer.status
-        except aiohttp.ClientConnectorError as exc:
-            raise _ConnectFailed(_reason(exc.os_error)) from None
-        except FileNotFoundError as exc:
-            raise _ConnectFailed(_reason(exc)) from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            # The request may have reached the daemon: never retried elsewhere.
-            where = f"unix:{socket}" if socket else self._tcp
-            raise self._unreachable(str(where), type(exc).__name__) from None
+            except (OSError, http.client.HTTPException) as exc:
+                # The request may have reached the daemon: never retried elsewhere.
+                raise self._unreachable(where, type(exc).__name__) from None
+        finally:
+            connection.close()
         try:
             payload = json.loads(raw)
         except ValueError:
@@ -178,6 +205,25 @@ class AdminClient:
         if status >= 400:
             raise AdminRequestError(status, payload)
         return payload
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket; the connection's host is only the ``Host`` header's value."""
+
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__(LOOPBACK_HOST, timeout=timeout)
+        self._socket_path = socket_path
+
+    def connect(self) -> None:
+        """Connect to the socket file (``OSError`` as ``socket.connect`` raises it)."""
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.settimeout(self.timeout)
+        try:
+            unix.connect(self._socket_path)
+        except BaseException:
+            unix.close()
+            raise
+        self.sock = unix
 
 
 def _reason(error: OSError) -> str:

@@ -25,10 +25,10 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from forwarder.config.settings import Settings
+# Loaded with the settings anyway (an operator command has them): no start-up cost.
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.errors import ForwarderError
 from forwarder.ops.client import (
@@ -40,6 +40,10 @@ from forwarder.ops.client import (
     format_test,
     guess_content_type,
 )
+
+if TYPE_CHECKING:  # the settings are the caller's: importing them here costs start-up
+    from forwarder.config.settings import Settings
+    from forwarder.destinations.kinds import AnyForwarderConfig
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
 
@@ -118,30 +122,30 @@ def _in_cli_terms(error: AdminRequestError, args: argparse.Namespace, config: st
     return CommandError(error.reason, f"the daemon answered {error.status}: {error.message}")
 
 
-async def run_operator(
+def run_operator(
     args: argparse.Namespace, settings: Settings, notice: Callable[[str], None] | None = None
 ) -> Outcome:
     """Run one operator command against the daemon the configuration describes."""
     client = AdminClient(settings, notice)
     try:
         if args.command == "status":
-            payload = await client.request("GET", "/v1/forwarders")
+            payload = client.call("GET", "/v1/forwarders")
             return Outcome(payload, format_status(payload))
         if args.command == "deliveries":
             path = f"/v1/forwarders/{quote(args.name, safe='')}/deliveries?limit={args.limit}"
-            payload = await client.request("GET", path)
+            payload = client.call("GET", path)
             return Outcome(payload, format_deliveries(payload))
         if args.command == "test":
-            return await _test(client, args, settings)
+            return _test(client, args, settings)
         if args.command == "dead-letters":
-            return await _dead_letters(client, args)
-        return await _send(client, args)
+            return _dead_letters(client, args)
+        return _send(client, args)
     except AdminRequestError as exc:
         raise _in_cli_terms(exc, args, args.config) from None
 
 
-async def _test(client: AdminClient, args: argparse.Namespace, settings: Settings) -> Outcome:
-    payload = await client.request("POST", f"/v1/forwarders/{quote(args.name, safe='')}/test")
+def _test(client: AdminClient, args: argparse.Namespace, settings: Settings) -> Outcome:
+    payload = client.call("POST", f"/v1/forwarders/{quote(args.name, safe='')}/test")
     response = payload.get("response") or {}
     specs = {
         str(spec.name): (index, spec) for index, spec in enumerate(settings.audit_log_forwarders)
@@ -156,8 +160,10 @@ async def _test(client: AdminClient, args: argparse.Namespace, settings: Setting
     )
 
 
-def status_hint(status: Any, index: int, spec: WebhookForwarderConfig) -> str | None:
+def status_hint(status: Any, index: int, spec: AnyForwarderConfig) -> str | None:
     """One line on what to check when a receiver answers 401, 403 or 404 to ``test``."""
+    if not isinstance(spec, WebhookForwarderConfig):
+        return None  # HTTP statuses: a NATS forwarder's error message says it all
     where = f"auditLogForwarders[{index}] ({spec.name})"
     if status == 401 and spec.auth.type == "oauth2":
         return (
@@ -190,14 +196,14 @@ def status_hint(status: Any, index: int, spec: WebhookForwarderConfig) -> str | 
     return None
 
 
-async def _send(client: AdminClient, args: argparse.Namespace) -> Outcome:
+def _send(client: AdminClient, args: argparse.Namespace) -> Outcome:
     try:
         data = _read_input(args.file)
     except OSError as exc:
         raise CommandError(
             "cannot_read_input", f"cannot read {args.file}: {exc.strerror or exc}"
         ) from None
-    payload = await client.request("POST", "/v1/events", data, guess_content_type(data))
+    payload = client.call("POST", "/v1/events", data, guess_content_type(data))
     text = f"accepted {payload['accepted']} event(s), {payload['duplicates']} duplicate(s)"
     return Outcome(payload, text)
 
@@ -228,12 +234,12 @@ def check_dead_letter_selection(args: argparse.Namespace) -> None:
         )
 
 
-async def _dead_letters(client: AdminClient, args: argparse.Namespace) -> Outcome:
+def _dead_letters(client: AdminClient, args: argparse.Namespace) -> Outcome:
     if args.action == "list":
         query = f"?limit={args.limit}"
         if args.forwarder:
             query += f"&forwarder={quote(args.forwarder, safe='')}"
-        payload = await client.request("GET", f"/v1/dead-letters{query}")
+        payload = client.call("GET", f"/v1/dead-letters{query}")
         return Outcome(payload, format_dead_letters(payload))
     check_dead_letter_selection(args)
     selection: dict[str, Any] = {"ids": args.ids}
@@ -242,7 +248,7 @@ async def _dead_letters(client: AdminClient, args: argparse.Namespace) -> Outcom
     if args.action == "purge":
         selection["all"] = args.all
     body = json.dumps(selection).encode()
-    payload = await client.request("POST", f"/v1/dead-letters/{args.action}", body)
+    payload = client.call("POST", f"/v1/dead-letters/{args.action}", body)
     if args.action == "purge":
         return Outcome(payload, f"purged {payload['purged']} dead letter(s)")
     text = f"replayed {payload['replayed']} dead letter(s)"
