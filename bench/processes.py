@@ -20,6 +20,7 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -146,6 +147,78 @@ def pss_bytes(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+SMAPS_FIELDS = (
+    "Rss",
+    "Pss",
+    "Pss_Anon",
+    "Pss_File",
+    "Shared_Clean",
+    "Shared_Dirty",
+    "Private_Clean",
+    "Private_Dirty",
+    "Anonymous",
+)
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """A process's memory from /proc/<pid>/smaps_rollup, in bytes (empty if it is gone).
+
+    ``Rss`` is ``Private_*`` + ``Shared_*``: what the process maps, a page
+    shared with another process counted in full in each. ``Pss`` divides each
+    shared page among the processes mapping it, so PSS summed over a tree
+    counts a page the tree shares once.
+    """
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return {}
+    found = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in SMAPS_FIELDS:
+            found[name] = int(rest.split()[0]) * 1024
+    return found
+
+
+def unique_resident_bytes(pids: Iterable[int]) -> int | None:
+    """Bytes of the distinct physical pages the processes map, each counted once.
+
+    This is what a memory cgroup holding only these processes is charged for
+    their mappings (anonymous and file-backed; page cache read but not mapped,
+    such as SQLite's file reads, comes on top): a page shared by two of them,
+    or by a process and its forked child, is one page. Read from
+    /proc/<pid>/pagemap, whose page-frame numbers only root may see; None
+    otherwise.
+    """
+    frames: set[int] = set()
+    page = os.sysconf("SC_PAGE_SIZE")
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+            pagemap = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        except PermissionError:
+            return None
+        try:
+            for line in maps:
+                span, _, rest = line.partition(" ")
+                if rest.rstrip().endswith("[vsyscall]"):
+                    continue
+                start, end = (int(part, 16) for part in span.split("-"))
+                entries = os.pread(pagemap, (end - start) // page * 8, start // page * 8)
+                for (entry,) in struct.iter_unpack("<Q", entries):
+                    if entry >> 63:  # present in RAM
+                        frames.add(entry & ((1 << 55) - 1))
+        except OSError:
+            continue
+        finally:
+            os.close(pagemap)
+    if frames == {0}:
+        return None  # without CAP_SYS_ADMIN the kernel reports every frame as 0
+    return len(frames) * page
 
 
 class TreeSampler:

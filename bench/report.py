@@ -94,6 +94,14 @@ def notes(key: str, result: dict[str, Any]) -> str:
             f" {result['peak_rss_mb']} MB; buffer {result['buffer_empty_mb']:.1f} ->"
             f" {result['buffer_full_mb']:.0f} -> {result['buffer_after_drain_mb']:.1f} MB"
         )
+    if key == "10":
+        return (
+            f"idle PSS {result['after_start']['pss_mb']} MB after start,"
+            f" {result['after_burst']['pss_mb']} MB after {result['burst_events']:,} drained"
+            f" (private+shared {result['after_start']['rss_mb']} /"
+            f" {result['after_burst']['rss_mb']} MB); {result['processes']} process(es);"
+            " RSS column: burst peak"
+        )
     if key.startswith("7"):
         return (
             f"events/s to a sink answering after 50 ms; batches of 100; ordering relaxed;"
@@ -186,6 +194,21 @@ def targets(run: Run) -> list[Target]:
             f" (PSS {max(x['peak_pss_mb'] for x in steady):.1f} MB)",
             max(x["peak_rss_mb"] for x in steady) <= 60,
         ),
+    )
+    add(
+        "idle memory <= 60 MB PSS summed over the daemon's processes (after start, after a burst)",
+        ("10",),
+        lambda s10: (
+            f"{s10['after_start']['pss_mb']} MB after start, {s10['after_burst']['pss_mb']} MB"
+            f" after a burst (private+shared {s10['after_start']['rss_mb']} /"
+            f" {s10['after_burst']['rss_mb']} MB, {s10['processes']} process(es))",
+            s10["idle_pss_mb"] <= 60,
+        ),
+    )
+    add(
+        "memory under load <= 80 MB PSS (peak in scenario 1)",
+        ("1",),
+        lambda s1: (f"{s1['peak_pss_mb']:.1f} MB PSS", s1["peak_pss_mb"] <= 80),
     )
     add(
         "memory does not grow with the backlog (peak <= 1.2x RSS at 10% of it)",

@@ -36,6 +36,13 @@ The scenarios, each described in the module that measures it:
 6. Scenario 1 with ``buffer.synchronous: full`` (``bench.throughput``).
 7. A far receiver: a sink answering after 50 ms, at 1, 4 and 16 requests in
    flight and with adaptive concurrency (``bench.far_receiver``).
+8. Scenario 1 with the buffer encrypted at rest (``buffer.encryption``,
+   AES-256-GCM; ``bench.throughput``), shown beside scenario 1 as a ratio.
+10. Idle memory: every process of the daemon after start and after a burst
+    has drained, PSS and private + shared (``bench.idle``).
+
+Whatever scenarios were chosen, the run ends with the command line's start-up
+time (``--help``, ``check-config``, ``status``; ``bench.cli_startup``).
 
 syslog-ng (``bench.syslog_ng``) takes scenario 1's workload over TCP in the
 same run, counted at the same kind of sink, and scenarios 1, 4, 5 and 6 are
@@ -71,8 +78,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.backlog import backlog
+from bench.cli_startup import run_cli_startup, startup_report
 from bench.far_receiver import far_receiver_steps
+from bench.idle import idle_steps
 from bench.latency import latency
+from bench.nats import nats_steps
 from bench.processes import BenchError
 from bench.report import (
     ROOT,
@@ -127,7 +137,17 @@ async def measure(run: Run) -> None:
                 lambda: end_to_end(run, "6", "end to end, synchronous: full", "full"),
             )
         )
+    if 8 in chosen:
+        steps.append(
+            (
+                "8",
+                "buffer encrypted",
+                lambda: end_to_end(run, "8", "end to end, buffer encrypted", encrypted=True),
+            )
+        )
+    steps += nats_steps(run)
     steps += far_receiver_steps(run)
+    steps += idle_steps(run)
     for key, title, step in steps:
         print(f"- {key}: {title} ...", flush=True)
         started_at = time.monotonic()
@@ -143,11 +163,22 @@ async def measure(run: Run) -> None:
             continue
         run.results[key] = result
         print(f"  done in {time.monotonic() - started_at:.0f} s", flush=True)
+    compare_variants(run)
+
+
+def compare_variants(run: Run) -> None:
+    """Scenarios 6 and 8 as ratios to scenario 1, which they vary."""
     s1, s6 = run.results.get("1"), run.results.get("6")
     if s1 and s6:
         s6["vs_normal_events_per_second"] = round(
             s6["events_per_second"] / s1["events_per_second"], 2
         )
+    s8 = run.results.get("8")
+    if s1 and s8:
+        s8["vs_plain_events_per_second"] = round(
+            s8["events_per_second"] / s1["events_per_second"], 2
+        )
+        s8["vs_plain_cpu"] = round(s8["cpu_seconds_per_100k"] / s1["cpu_seconds_per_100k"], 2)
 
 
 def parse_args(argv: list[str] | None = None) -> Plan:
@@ -169,9 +200,9 @@ def parse_args(argv: list[str] | None = None) -> Plan:
         try:
             chosen = frozenset(int(part) for part in args.only.split(",") if part.strip())
         except ValueError:
-            parser.error(f"--only takes scenario numbers 1-7, not {args.only!r}")
-        if not chosen or not chosen <= set(range(1, 8)):
-            parser.error(f"--only takes scenario numbers 1-7, not {args.only!r}")
+            parser.error(f"--only takes scenario numbers 1-10, not {args.only!r}")
+        if not chosen or not chosen <= set(range(1, 11)):
+            parser.error(f"--only takes scenario numbers 1-10, not {args.only!r}")
         plan = replace(plan, scenarios=chosen)
     if args.events:
         if not 1000 <= args.events < 100_000_000:
@@ -204,6 +235,7 @@ async def main(plan: Plan) -> int:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="af-bench-"))
         run = Run(plan, Path(tmp))
         await measure(run)
+        cli_startup = await run_cli_startup(run)
     found = targets(run)
     print()
     print_table(table_rows(run))
@@ -219,6 +251,9 @@ async def main(plan: Plan) -> int:
     print("Markdown for the README:")
     print()
     print(markdown(run, machine, found))
+    if cli_startup is not None:
+        print()
+        print(startup_report(cli_startup))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if plan.quick else ''}.json"
     out.write_text(
@@ -231,6 +266,7 @@ async def main(plan: Plan) -> int:
                 "failures": run.failures,
                 "warnings": run.warnings,
                 "targets": [t.__dict__ for t in found],
+                "cli_startup": cli_startup,
             },
             indent=2,
         )

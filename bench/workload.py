@@ -72,7 +72,7 @@ class Plan:
     latency_rate: int = 2000
     backlog: int = 1_000_000
     history: int = 2_000_000
-    scenarios: frozenset[int] = frozenset(range(1, 8))
+    scenarios: frozenset[int] = frozenset(range(1, 11))
     quick: bool = False
     keep_temp: bool = False
 

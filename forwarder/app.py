@@ -1,10 +1,16 @@
 """The daemon: start → serve → stop, signals, draining and task supervision.
 
-Two processes: this one (ingest listeners, the buffer and its single writer,
-probes, admin API, housekeeping, reload) and the delivery process it spawns
-(every delivery worker; see ``delivery/process.py`` for why).
+One process or two (``delivery.process``): this one always holds the ingest
+listeners, the buffer and its single writer, probes, admin API, housekeeping
+and reload; the delivery workers run on its own event loop (``inline``, and
+``auto``: see ``delivery/inline.py`` for why that is the default) or in a
+delivery process it spawns (``separate``: see ``delivery/process.py``). Both
+have the same shape, so nothing else here cares which it is. A sidecar is
+idle most of its life, so once started the daemon freezes what start-up
+built out of the collector's way and gives memory back to the system after
+each burst (``forwarder/memory.py``).
 
-Start order is probes listener → database → delivery process → ingest
+Start order is probes listener → database → delivery → ingest
 listeners, and ``/readyz`` turns 200 only after the last of them is bound.
 Stop runs in reverse: readiness off and ingest closed first (new requests are
 refused, requests already inside finish their commit), then the delivery
@@ -22,9 +28,11 @@ restarts us.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +43,14 @@ from forwarder.buffer.retention import Housekeeper
 from forwarder.buffer.store import EventBuffer
 from forwarder.config.reload import Reloader
 from forwarder.config.settings import Settings
+from forwarder.delivery.inline import InlineDelivery
 from forwarder.delivery.process import DeliveryProcess
 from forwarder.errors import ForwarderError
 from forwarder.ingest.api import IngestContext, build_ingest_app
 from forwarder.ingest.connections import ConnectionGauges
 from forwarder.ingest.listeners import Listeners, raise_open_files_limit
 from forwarder.logs import configure_logging, get_logger, redactor
+from forwarder.memory import MemoryTrimmer
 from forwarder.metrics import BufferGauges, Metrics, ProcessMetrics, counter_total
 from forwarder.ops.admin import AdminContext, add_admin_routes
 from forwarder.ops.probes import ProbeState, build_probe_app
@@ -65,8 +75,16 @@ class Daemon:
         # Listeners and the buffer are bound once; a reload cannot move them.
         self._bound = settings
         self.metrics = metrics if metrics is not None else Metrics(part="ingest")
-        self.buffer = EventBuffer(settings.buffer.path, synchronous=settings.buffer.synchronous)
-        self.delivery = DeliveryProcess(self.buffer, config_path, self._delivery_failed)
+        self.buffer = EventBuffer(
+            settings.buffer.path,
+            synchronous=settings.buffer.synchronous,
+            keyring=settings.buffer.keyring(),
+        )
+        self.delivery: InlineDelivery | DeliveryProcess
+        if settings.delivery.process == "separate":
+            self.delivery = DeliveryProcess(self.buffer, config_path, self._delivery_failed)
+        else:
+            self.delivery = InlineDelivery(self.buffer, settings, self._delivery_failed)
         self.housekeeper = Housekeeper(
             self.buffer,
             settings.buffer.retention_hours * 3600,
@@ -90,6 +108,7 @@ class Daemon:
             settings.ingest, settings.shutdown_grace_seconds
         )
         self._probe_listeners = Listeners.for_probes()
+        self.trimmer = MemoryTrimmer()
         self._stop_requested = asyncio.Event()
         self._failure: str | None = None
         self._started_at = 0.0
@@ -114,14 +133,22 @@ class Daemon:
                     self.buffer_event_count, self.buffer.size_bytes, self.buffer.held_bytes_by_kind
                 )
             )
-            processes = {"daemon": os.getpid, "delivery": lambda: self.delivery.pid}
+            processes: dict[str, Callable[[], int | None]] = {"daemon": os.getpid}
+            if isinstance(self.delivery, DeliveryProcess):
+                processes["delivery"] = lambda: self.delivery.pid
             self.metrics.attach(ProcessMetrics(processes))
             await self.delivery.start()
             self.housekeeper.start()
             self._supervise(self.housekeeper.task, "housekeeping")
             self.reloader.start()
             self._supervise(self.reloader.task, "config-watch")
+            self.trimmer.start()
+            self._supervise(self.trimmer.task, "memory-trim")
             addresses = await self._start_ingest()
+            # What start-up built lives as long as the daemon: out of the
+            # collector's way, so its passes scan only what serving allocates.
+            gc.collect()
+            gc.freeze()
         except OSError as exc:
             await self.stop()
             raise StartupError(f"cannot start: {exc.strerror or exc}") from None
@@ -137,6 +164,7 @@ class Daemon:
             metrics=self.metrics_addresses,
             buffer=str(self.settings.buffer.path.resolve()),
             synchronous=self.settings.buffer.synchronous,
+            delivery_process=self._bound.delivery.process,
             delivery_pid=self.delivery.pid,
             forwarders=[
                 {"name": str(f.name), "kind": f.kind, "method": f.method, "host": f.host}
@@ -204,6 +232,7 @@ class Daemon:
                 ("metrics.port", self._bound.metrics.port, new.metrics.port),
                 ("buffer.path", self._bound.buffer.path, new.buffer.path),
                 ("buffer.synchronous", self._bound.buffer.synchronous, new.buffer.synchronous),
+                ("delivery.process", self._bound.delivery.process, new.delivery.process),
             )
             if before != after
         ]
@@ -215,7 +244,7 @@ class Daemon:
         self.ingest.max_buffer_bytes = new.buffer.max_bytes
         self.housekeeper.retention_seconds = new.buffer.retention_hours * 3600
         self.housekeeper.history_max_rows = new.buffer.history_max_rows
-        plan = await self.delivery.reload(new.forwarder_names())
+        plan = await self.delivery.reload(new)
         self.settings = new
         redactor.update(new.secrets())
         log.info("config_reloaded", **plan, restart_required=restart)
@@ -297,6 +326,7 @@ class Daemon:
         if summary.get("unfinished"):
             log.warning("deliveries_cancelled", workers=summary["unfinished"], grace_seconds=grace)
         await self.housekeeper.stop()
+        await self.trimmer.stop()
         await self.buffer.close()
         await self._probe_listeners.close()
         if self._started_at:

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -40,10 +41,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from forwarder.buffer.encryption import KEY_ID_PATTERN, NO_KEYS, Keyring
+from forwarder.destinations.kinds import AnyForwarderConfig, ForwarderConfig, secrets_of
 from forwarder.destinations.options import Model as _Model
 from forwarder.destinations.options import refuse
-from forwarder.destinations.webhook.auth import forwarder_secrets
-from forwarder.destinations.webhook.options import WebhookForwarderConfig
 
 ENV_PREFIX = "AUDIT_FORWARDER_"
 # 0 asks the kernel for a free port; the bound address is logged at startup.
@@ -80,6 +81,67 @@ class IngestConfig(_Model):
         return self
 
 
+class EncryptionKeyConfig(_Model):
+    """One key of ``buffer.encryption.keys``: its id (stored with what it seals) and its file."""
+
+    id: Annotated[str, Field(pattern=KEY_ID_PATTERN)]
+    file: Path
+
+
+class EncryptionConfig(_Model):
+    """Encryption at rest of the buffer (``forwarder.buffer.encryption``).
+
+    ``keyFile`` (one key, its id derived from it) or ``keys`` with ``active``
+    (rotation: new rows use the active key, the others still open older rows).
+    ``loading.py`` resolves the files and reads the keys once, so a missing or
+    malformed key file fails ``check-config``.
+    """
+
+    key_file: Path | None = None
+    keys: list[EncryptionKeyConfig] | None = None
+    active: str | None = None
+    _keyring: Keyring | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> EncryptionConfig:
+        problems = []
+        if self.key_file is not None and self.keys is not None:
+            problems.append("set keyFile or keys, not both")
+        elif self.key_file is None and self.keys is None:
+            problems.append("set keyFile (one key) or keys with active (rotation)")
+        if self.keys is not None:
+            ids = [key.id for key in self.keys]
+            twice = sorted({key_id for key_id in ids if ids.count(key_id) > 1})
+            if not ids:
+                problems.append("keys must list at least one key")
+            if twice:
+                problems.append(f"key id {', '.join(twice)} is listed more than once")
+            if self.active is None:
+                problems.append("active must name the key that encrypts new events")
+            elif ids and self.active not in ids:
+                listed = ", ".join(ids)
+                problems.append(f"active is {self.active!r}, not one of the keys ({listed})")
+        elif self.active is not None:
+            problems.append("active goes with keys; the single keyFile is always the active key")
+        refuse(type(self).__name__, problems)
+        return self
+
+    def key_files(self) -> list[tuple[str | None, Path]]:
+        """``(id, file)`` per key; the id is None for ``keyFile`` (derived from the key)."""
+        if self.keys is None:
+            return [(None, self.key_file)] if self.key_file is not None else []
+        return [(key.id, key.file) for key in self.keys]
+
+    def load(self) -> Keyring:
+        """Read the key files (``KeyFileError`` on a bad one) and keep the keyring."""
+        self._keyring = Keyring.from_files(self.key_files(), self.active)
+        return self._keyring
+
+    def keyring(self) -> Keyring:
+        """The keys, as read by :meth:`load` (read now if they have not been)."""
+        return self._keyring if self._keyring is not None else self.load()
+
+
 class BufferConfig(_Model):
     """The SQLite write-ahead buffer."""
 
@@ -88,6 +150,11 @@ class BufferConfig(_Model):
     max_bytes: PositiveInt | None = None  # None: bounded only by the disk
     retention_hours: PositiveFloat = 168.0
     history_max_rows: PositiveInt = 100_000
+    encryption: EncryptionConfig | None = None  # None: stored in clear
+
+    def keyring(self) -> Keyring:
+        """What the buffer seals and opens with: no keys when encryption is off."""
+        return NO_KEYS if self.encryption is None else self.encryption.keyring()
 
     @field_validator("synchronous", mode="before")
     @classmethod
@@ -114,6 +181,24 @@ class LoggingConfig(_Model):
         return value.lower() if isinstance(value, str) else value
 
 
+class DeliveryConfig(_Model):
+    """Where the delivery workers run (see ``forwarder/app.py``).
+
+    ``inline``: in the daemon's own process and event loop, one interpreter
+    (the smallest footprint). ``separate``: in a delivery process forked from
+    the daemon, so delivery has a core of its own (the highest rate).
+    ``auto``: inline; measured, one process keeps up with a sidecar's rates at
+    about half the memory (see the README's Performance section).
+    """
+
+    process: Literal["auto", "inline", "separate"] = "auto"
+
+    @field_validator("process", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
 class Settings(BaseSettings):
     """The whole configuration of one daemon."""
 
@@ -131,8 +216,10 @@ class Settings(BaseSettings):
     buffer: BufferConfig = BufferConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     shutdown_grace_seconds: PositiveFloat = 10.0
-    audit_log_forwarders: list[WebhookForwarderConfig] = Field(min_length=1)
+    # Discriminated on `kind` (webhook when absent): see forwarder.destinations.kinds.
+    audit_log_forwarders: list[ForwarderConfig] = Field(min_length=1)
 
     @classmethod
     def settings_customise_sources(
@@ -150,7 +237,7 @@ class Settings(BaseSettings):
     # auditLogForwarders and is reported even when other sections are invalid.
     @field_validator("audit_log_forwarders")
     @classmethod
-    def _names(cls, specs: list[WebhookForwarderConfig]) -> list[WebhookForwarderConfig]:
+    def _names(cls, specs: list[AnyForwarderConfig]) -> list[AnyForwarderConfig]:
         seen: set[str] = set()
         problems = []
         for index, spec in enumerate(specs):
@@ -169,14 +256,17 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret value of this configuration, raw, for the masker of every output.
 
-        The ingest token, and per forwarder what :func:`forwarder_secrets`
-        finds: token, signing secret, a Basic password on its own, and
-        credentials in the URI or in well-known headers.
+        The ingest token, and per forwarder what :func:`secrets_of` finds: a
+        webhook's token, signing secret, a Basic password on its own, and
+        credentials in the URI or in well-known headers; a NATS forwarder's
+        token or password; any forwarder's ``integrity`` signing key.
         """
         token = self.ingest.token
         values = [token.get_secret_value()] if token is not None else []
         for spec in self.audit_log_forwarders:
-            values += forwarder_secrets(spec)
+            values += secrets_of(spec)
+            if spec.integrity is not None:
+                values += spec.integrity.secrets()
         return [value for value in dict.fromkeys(values) if value]
 
 

@@ -36,6 +36,7 @@ from forwarder.delivery.forwarders import LocalForwarders
 from forwarder.errors import ConfigError
 from forwarder.event_loop import event_loop_runner
 from forwarder.logs import configure_logging, get_logger, redactor
+from forwarder.memory import MemoryTrimmer
 from forwarder.metrics import ForwarderGauges, Metrics, counter_total
 
 log = get_logger("delivery_process")
@@ -49,7 +50,7 @@ class DeliveryChild:
         self.config_path = config_path
         self.channel = channel
         self.metrics = Metrics(part="delivery")
-        self.buffer = RemoteBuffer(settings.buffer.path, channel)
+        self.buffer = RemoteBuffer(settings.buffer.path, channel, settings.buffer.keyring())
         self.forwarders = LocalForwarders(
             self.buffer, self.metrics, self._worker_failed, settings.shutdown_grace_seconds
         )
@@ -131,7 +132,11 @@ async def run(settings: Settings, config_path: Path, fd: int) -> int:
     child = DeliveryChild(settings, config_path, channel)
     serving = asyncio.create_task(channel.serve(), name="delivery-channel")
     stopped = asyncio.create_task(child.stopped.wait())
+    # Given back after each burst, as in the daemon (see forwarder/memory.py).
+    trimmer = MemoryTrimmer()
+    trimmer.start()
     await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    await trimmer.stop()
     if not child.stopped.is_set():
         log.error("daemon_gone", action="stopping deliveries")
         await child.forwarders.stop(0)

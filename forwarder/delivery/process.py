@@ -29,6 +29,7 @@ from typing import Any
 from forwarder.buffer.ipc import Channel, RemoteError
 from forwarder.buffer.remote import unpack_statements
 from forwarder.buffer.store import AppendSummary, EventBuffer
+from forwarder.config.settings import Settings
 from forwarder.delivery.forwarders import UnknownForwarderError
 from forwarder.logs import get_logger
 
@@ -199,13 +200,13 @@ class DeliveryProcess:
             return b""
         return text.encode()
 
-    async def reload(self, names: list[str]) -> dict[str, list[str]]:
+    async def reload(self, new: Settings) -> dict[str, list[str]]:
         """Apply the (validated) config file: retire, re-register cursors, start."""
         channel = self._require()
         plan: dict[str, list[str]] = await channel.request(
             "prepare", within=REQUEST_TIMEOUT_SECONDS * 2
         )
         await self._buffer.execute([])  # commit the retired workers' last acks
-        await self._buffer.register_forwarders(names)
+        await self._buffer.register_forwarders(new.forwarder_names())
         self._names = await channel.request("finish", within=REQUEST_TIMEOUT_SECONDS)
         return plan

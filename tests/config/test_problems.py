@@ -41,7 +41,7 @@ def test_every_problem_is_reported_with_its_yaml_path(tmp_path: Path) -> None:
         "ingest.port: input should be less than or equal to 65535",
         "ingest.prot: unknown key (did you mean port?)",
         "logging.level: must be one of debug, info, warning, error",
-        "auditLogForwarders[1].kind: unsupported kind 'kafka': the only kind is webhook",
+        "auditLogForwarders[1].kind: unsupported kind 'kafka': the kinds are webhook, nats",
         "auditLogForwarders[1].uri: must be an absolute http:// or https:// URL",
         "auditLogForwarders[1].method: must be one of POST, PUT, PATCH",
         "auditLogForwarders[1].tokne: unknown key (did you mean token?)",
@@ -86,7 +86,7 @@ def test_duplicate_names_are_reported_with_problems_elsewhere(tmp_path: Path) ->
         (
             f"zzzqqq: 1\n{ONE_FORWARDER}",
             "zzzqqq: unknown key (known keys: ingest, buffer, metrics, logging,"
-            " shutdownGraceSeconds, auditLogForwarders)",
+            " delivery, shutdownGraceSeconds, auditLogForwarders)",
         ),
     ],
     ids=["top", "ingest", "buffer", "forwarder", "retry", "no-close-match"],
@@ -111,7 +111,7 @@ def test_kind_other_than_webhook_is_refused_by_name(tmp_path: Path, kind: str) -
     found = problems(tmp_path, f"auditLogForwarders: [{{kind: {kind}, uri: 'https://x'}}]\n")
 
     assert found == [
-        f"auditLogForwarders[0].kind: unsupported kind {kind!r}: the only kind is webhook"
+        f"auditLogForwarders[0].kind: unsupported kind {kind!r}: the kinds are webhook, nats"
     ]
 
 

@@ -181,6 +181,8 @@ async def test_every_panel_query_returns_data_from_a_real_prometheus(
             forwarder_config(f"{down.url}in", name="down"),
         ],
         buffer={"maxBytes": MAX_BYTES},
+        # Two processes, so the per-process panels have a series for each.
+        delivery={"process": "separate"},
     )
     daemon = await daemons(config).start()
     instance = daemon.metrics_url.removeprefix("http://")

@@ -193,7 +193,11 @@ async def test_process_metrics_cover_the_daemon_and_its_delivery_process(
     tmp_path: Path, receiver: ScriptedReceiver, daemons: MakeDaemon
 ) -> None:
     """Every process_* series has process="daemon" or "delivery", each read from its own pid."""
-    config = daemon_config(tmp_path, [forwarder_config(f"{receiver.url}in", name="siem")])
+    config = daemon_config(
+        tmp_path,
+        [forwarder_config(f"{receiver.url}in", name="siem")],
+        delivery={"process": "separate"},
+    )
     daemon = await daemons(config).start()
     assert daemon.process is not None
     (started,) = [e for e in daemon.log_entries() if e.get("event") == "daemon_started"]
