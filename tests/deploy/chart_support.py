@@ -34,6 +34,8 @@ import helm_python as helm
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from helm_python import _native
 from pydantic import BaseModel
 
@@ -207,8 +209,10 @@ def mount_pod_files(
 
     What the kubelet would do: the ConfigMap's key at the subPath mount, every
     source of a projected or secret volume as files (the chart's Secret from
-    its rendered data, existing Secrets from ``cluster_secrets``), and empty
-    directories for the rest. Paths in config.yaml are rewritten into ``root``.
+    its rendered data, existing Secrets from ``cluster_secrets``; only the
+    listed ``items`` when there are some) with the volume's ``defaultMode``,
+    and empty directories for the rest. Paths in config.yaml are rewritten
+    into ``root``.
     """
     cluster_secrets = dict(cluster_secrets or {})
     for secret in of_kind(objects, "Secret"):
@@ -226,13 +230,19 @@ def mount_pod_files(
             continue
         target.mkdir(parents=True, exist_ok=True)
         sources = volume.get("projected", {}).get("sources", [])
+        mode = volume.get("projected", {}).get("defaultMode")
         if "secret" in volume:
-            sources = [{"secret": {"name": volume["secret"]["secretName"]}}]
+            secret = volume["secret"]
+            sources = [{"secret": {"name": secret["secretName"], "items": secret.get("items")}}]
+            mode = secret.get("defaultMode")
         for source in sources:
             data = cluster_secrets[source["secret"]["name"]]
             items = source["secret"].get("items") or [{"key": k, "path": k} for k in data]
             for item in items:
-                (target / item["path"]).write_text(data[item["key"]], encoding="utf-8")
+                file = target / item["path"]
+                file.write_text(data[item["key"]], encoding="utf-8")
+                if mode is not None:
+                    file.chmod(mode)
     assert config_file is not None, "config.yaml is not mounted"
     config = rewrite_paths(daemon_config(objects), root)
     config_file.parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +260,10 @@ PATH_KEYS = {
     "caFile",
     "certFile",
     "keyFile",
+    "signingKeyFile",
+    "file",
+    "nkeySeedFile",
+    "credentialsFile",
 }
 
 
@@ -311,3 +325,32 @@ def render_error(chart: helm.Chart, values: dict[str, Any]) -> str:
 def aliases(model: type[BaseModel]) -> set[str]:
     """The YAML keys of a pydantic model."""
     return {field.alias or name for name, field in model.model_fields.items()}
+
+
+def values_schema() -> dict[str, Any]:
+    """The chart's values.schema.json, parsed."""
+    schema: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text("utf-8"))
+    return schema
+
+
+def resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """A node of the values schema with its local ``$ref`` (``#/definitions/...``) followed."""
+    while "$ref" in node:
+        target: Any = schema
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def signing_key_pem() -> str:
+    """A fresh Ed25519 private key in PEM (PKCS#8), the form `audit-forwarder keygen` writes."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    return pem.decode()
+
+
+def example_values(name: str) -> dict[str, Any]:
+    """A values file of charts/audit-forwarder/examples/, parsed."""
+    values: dict[str, Any] = yaml.safe_load((CHART / "examples" / name).read_text("utf-8"))
+    return values

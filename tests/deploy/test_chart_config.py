@@ -94,7 +94,9 @@ def test_every_forwarder_option_reaches_the_daemon(chart: helm.Chart, tmp_path: 
     values["extraVolumeMounts"] = [
         {"name": "receiver-ca", "mountPath": "/etc/receiver-ca", "readOnly": True}
     ]
-    assert set(options) | {"kind", "uri"} == aliases(WebhookForwarderConfig) - {
+    # integrity refuses format template (a receiver could not check the hash):
+    # tests/deploy/test_chart_integrity.py renders it through to check-config.
+    assert set(options) | {"kind", "uri", "integrity"} == aliases(WebhookForwarderConfig) - {
         "tokenFile",
         "signingSecretFile",
     }
@@ -206,3 +208,11 @@ def test_roll_on_config_change_can_be_left_to_live_reload(chart: helm.Chart) -> 
     assert not [name for name in annotations if name.startswith("checksum/")]
     default = one(render(chart, CHAINLOOP), "Deployment")
     assert "checksum/config" in default["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_delivery_process_is_passed_on_only_when_set(chart: helm.Chart, tmp_path: Path) -> None:
+    """config.delivery.process reaches config.yaml when set; unset, the daemon's default holds."""
+    assert "delivery" not in daemon_config(render(chart, CHAINLOOP))
+    objects = render(chart, {**CHAINLOOP, "config": {"delivery": {"process": "separate"}}})
+    assert daemon_config(objects)["delivery"] == {"process": "separate"}
+    daemon_accepts(objects, tmp_path)

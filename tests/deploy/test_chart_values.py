@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any, get_args
 
@@ -12,7 +11,13 @@ import yaml
 from pydantic import BaseModel
 
 from forwarder import __version__
-from forwarder.config.settings import BufferConfig, IngestConfig, LoggingConfig, Settings
+from forwarder.config.settings import (
+    BufferConfig,
+    DeliveryConfig,
+    IngestConfig,
+    LoggingConfig,
+    Settings,
+)
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from tests.deploy.chart_support import (
     CHAINLOOP,
@@ -22,7 +27,9 @@ from tests.deploy.chart_support import (
     SECRET,
     aliases,
     render_error,
+    resolve,
     schema_error,
+    values_schema,
     with_forwarder,
 )
 
@@ -39,8 +46,14 @@ def test_chart_metadata_matches_the_package() -> None:
 def test_lint_is_clean(mode: str) -> None:
     """helm lint --strict for Kubernetes 1.30 reports nothing above info, in every mode."""
     monitors = {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}
+    # Every kind of forwarder, and the key mounts of integrity and buffer encryption.
+    chained = {"mode": "chain", "signingKeyFile": "/etc/audit-forwarder/signing/siem.key"}
+    nats = {"kind": "nats", "servers": ["nats://nats:4222"], "integrity": chained}
+    encryption = {"existingSecret": "keys", "keys": [{"id": "k1", "secretKey": "k1.key"}]}
     values = {
-        **CHAINLOOP,
+        "auditLogForwarders": [*CHAINLOOP["auditLogForwarders"], nats],
+        "integrity": {"signingKeys": {"existingSecret": "audit-signing"}},
+        "config": {"buffer": {"encryption": encryption}},
         "mode": mode,
         "image": {"repository": IMAGE},
         "networkPolicy": {"enabled": True},
@@ -88,11 +101,12 @@ def test_readme_lists_every_value() -> None:
 
 def test_schema_covers_every_daemon_option() -> None:
     """values.schema.json knows exactly the daemon's keys, minus those the chart manages."""
-    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
-    forwarder = schema["properties"]["auditLogForwarders"]["items"]
+    schema = values_schema()
+    forwarder = schema["definitions"]["webhookForwarder"]
     config = schema["properties"]["config"]["properties"]
 
     def keys(node: dict[str, Any]) -> set[str]:
+        node = resolve(schema, node)
         assert node["additionalProperties"] is False
         return set(node["properties"])
 
@@ -102,7 +116,7 @@ def test_schema_covers_every_daemon_option() -> None:
 
     assert keys(forwarder) == expected(WebhookForwarderConfig, "forwarder")
     for name, field in WebhookForwarderConfig.model_fields.items():
-        node = forwarder["properties"].get(field.alias or name, {})
+        node = resolve(schema, forwarder["properties"].get(field.alias or name, {}))
         nested, *_ = get_args(field.annotation) or (field.annotation,)
         if node.get("type") == "array":
             node = node["items"]
@@ -111,6 +125,7 @@ def test_schema_covers_every_daemon_option() -> None:
     assert keys(config["ingest"]) == expected(IngestConfig, "ingest")
     assert keys(config["buffer"]) == expected(BufferConfig, "buffer")
     assert keys(config["logging"]) == aliases(LoggingConfig)
+    assert keys(config["delivery"]) == aliases(DeliveryConfig)
     # metrics is the chart's `metrics.port`; the forwarders are top-level values.
     assert set(config) | {"metrics", "auditLogForwarders"} == aliases(Settings)
 
@@ -196,6 +211,14 @@ def test_schema_rejects_typos(chart: helm.Chart, values: dict[str, Any], complai
         ({**CHAINLOOP, "config": {"ingest": {"port": "8686"}}}, "/config/ingest/port"),
         ({**CHAINLOOP, "mode": "sidecars"}, "/mode"),
         (with_forwarder(tokenSecretRef={"name": "s"}), "missing property 'key'"),
+        (
+            with_forwarder(tokenSecretRef={"name": "s\n  optional: true", "key": "k"}),
+            "/auditLogForwarders/0/tokenSecretRef/name",
+        ),
+        (
+            {**CHAINLOOP, "config": {"ingest": {"tokenSecretRef": {"name": "s", "key": "../k"}}}},
+            "/config/ingest/tokenSecretRef/key",
+        ),
         ({**CHAINLOOP, "service": {"nodePorts": {"ingest": 8686}}}, "/service/nodePorts/ingest"),
         ({**CHAINLOOP, "metrics": {"monitoringApi": "always"}}, "/metrics/monitoringApi"),
         ({**CHAINLOOP, "image": {"pullSecrets": [{"nam": "x"}]}}, "/image/pullSecrets/0"),

@@ -6,7 +6,9 @@ ConfigMap: the config names files in the mounted Secret (*File keys).
 {{/*
 The chart-managed Secret's data (base64), one key per inline secret:
 ingest-token, forwarder-<index>-token, forwarder-<index>-signing-secret,
-forwarder-<index>-client-secret (auth.clientSecret), forwarder-<index>-proxy-password.
+forwarder-<index>-client-secret (auth.clientSecret), forwarder-<index>-proxy-password,
+forwarder-<index>-password (a NATS password), forwarder-<index>-integrity-signing-key
+(integrity.signingKey inline; integrity.signingKeys mounts an existing Secret instead).
 Renders "{}" when there is none.
 */}}
 {{- define "audit-forwarder.secretData" -}}
@@ -36,6 +38,14 @@ Renders "{}" when there is none.
 {{- $_ := set $data (printf "forwarder-%d-proxy-password" $index) (.password | toString | b64enc) }}
 {{- end }}
 {{- end }}
+{{- if $forwarder.password }}
+{{- $_ := set $data (printf "forwarder-%d-password" $index) ($forwarder.password | toString | b64enc) }}
+{{- end }}
+{{- with $forwarder.integrity }}
+{{- if .signingKey }}
+{{- $_ := set $data (printf "forwarder-%d-integrity-signing-key" $index) (.signingKey | toString | b64enc) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- toYaml $data }}
 {{- end }}
@@ -52,6 +62,9 @@ Renders "{}" when there is none.
 {{- end }}
 {{- with $forwarder.signingSecretRef }}
 {{- $refs = append $refs (dict "name" .name "key" .key "path" (printf "forwarder-%d-signing-secret" $index)) }}
+{{- end }}
+{{- with $forwarder.passwordSecretRef }}
+{{- $refs = append $refs (dict "name" .name "key" .key "path" (printf "forwarder-%d-password" $index)) }}
 {{- end }}
 {{- end }}
 {{- toYaml (dict "refs" $refs) }}
@@ -92,9 +105,12 @@ mounted Secret; listener addresses and paths are the chart's.
 {{- if not (kindIs "invalid" $c.buffer.maxBytes) }}
 {{- $_ := set $buffer "maxBytes" $c.buffer.maxBytes }}
 {{- end }}
+{{- with include "audit-forwarder.bufferEncryption" . }}
+{{- $_ := set $buffer "encryption" (fromYaml .) }}
+{{- end }}
 {{- $forwarders := list }}
 {{- range $index, $forwarder := include "audit-forwarder.forwarders" . | fromYamlArray }}
-{{- $rendered := omit $forwarder "token" "tokenSecretRef" "signingSecret" "signingSecretRef" }}
+{{- $rendered := omit $forwarder "token" "tokenSecretRef" "signingSecret" "signingSecretRef" "password" "passwordSecretRef" }}
 {{- if or $forwarder.token $forwarder.tokenSecretRef }}
 {{- $_ := set $rendered "tokenFile" (printf "%s/forwarder-%d-token" $secretsDir $index) }}
 {{- end }}
@@ -116,6 +132,17 @@ mounted Secret; listener addresses and paths are the chart's.
 {{- $_ := set $rendered "proxy" $proxy }}
 {{- end }}
 {{- end }}
+{{- /* A NATS password, and an inline integrity key: the same, in the Secret. */}}
+{{- if or $forwarder.password $forwarder.passwordSecretRef }}
+{{- $_ := set $rendered "passwordFile" (printf "%s/forwarder-%d-password" $secretsDir $index) }}
+{{- end }}
+{{- with $forwarder.integrity }}
+{{- if .signingKey }}
+{{- $integrity := omit . "signingKey" }}
+{{- $_ := set $integrity "signingKeyFile" (printf "%s/forwarder-%d-integrity-signing-key" $secretsDir $index) }}
+{{- $_ := set $rendered "integrity" $integrity }}
+{{- end }}
+{{- end }}
 {{- $forwarders = append $forwarders $rendered }}
 {{- end }}
 {{- $config := dict
@@ -125,6 +152,11 @@ mounted Secret; listener addresses and paths are the chart's.
   "logging" $c.logging
   "shutdownGraceSeconds" $c.shutdownGraceSeconds
   "auditLogForwarders" $forwarders }}
+{{- with $c.delivery }}
+{{- if not (kindIs "invalid" .process) }}
+{{- $_ := set $config "delivery" (dict "process" .process) }}
+{{- end }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -132,4 +164,21 @@ mounted Secret; listener addresses and paths are the chart's.
 {{- define "audit-forwarder.checksums" -}}
 checksum/config: {{ include "audit-forwarder.config" . | sha256sum }}
 checksum/secret: {{ include "audit-forwarder.secretData" . | sha256sum }}
+{{- end }}
+
+{{/*
+The daemon's buffer.encryption, as YAML: every key of
+config.buffer.encryption.keys as {id, file} under the mount path, and the
+active key (the only one when there is one). "" when the buffer is not
+encrypted.
+*/}}
+{{- define "audit-forwarder.bufferEncryption" -}}
+{{- $encryption := .Values.config.buffer.encryption | default dict }}
+{{- if $encryption.keys }}
+{{- $keys := list }}
+{{- range $encryption.keys }}
+{{- $keys = append $keys (dict "id" .id "file" (printf "%s/%s" $encryption.mountPath .secretKey)) }}
+{{- end }}
+{{- toYaml (dict "keys" $keys "active" (default (first $encryption.keys).id $encryption.active)) }}
+{{- end }}
 {{- end }}

@@ -1,7 +1,8 @@
 {{/*
 Named templates of the audit-forwarder chart, by file:
   _helpers.tpl     names, labels, the image, the forwarders list, render-time
-                   checks, the Prometheus Operator capability gate
+                   checks (key mounts included), the Prometheus Operator
+                   capability gate
   _config.tpl      the daemon's config.yaml and the chart's Secret
   _pod.tpl         the forwarder container, its volumes, probes and the pod spec
   _monitoring.tpl  what the ServiceMonitor and the PodMonitor share
@@ -204,7 +205,12 @@ is applied.
 {{- if and $forwarder.signingSecret $forwarder.signingSecretRef }}
 {{- fail (printf "auditLogForwarders[%d]: set signingSecret or signingSecretRef, not both" $index) }}
 {{- end }}
+{{- if and $forwarder.password $forwarder.passwordSecretRef }}
+{{- fail (printf "auditLogForwarders[%d]: set password or passwordSecretRef, not both" $index) }}
 {{- end }}
+{{- include "audit-forwarder.validateIntegrity" (dict "root" $ "index" $index "integrity" $forwarder.integrity) }}
+{{- end }}
+{{- include "audit-forwarder.validateKeyMounts" . }}
 {{- if not (kindIs "invalid" .Values.terminationGracePeriodSeconds) }}
 {{- if le (float64 .Values.terminationGracePeriodSeconds) (float64 .Values.config.shutdownGraceSeconds) }}
 {{- fail "terminationGracePeriodSeconds must be greater than config.shutdownGraceSeconds, or the kubelet kills the daemon while it drains" }}
@@ -216,6 +222,87 @@ is applied.
 {{- with .Values.networkPolicy }}
 {{- if and .enabled .egress.restrict (not .egress.rules) }}
 {{- fail "networkPolicy.egress.restrict: with no networkPolicy.egress.rules the daemon cannot reach any forwarder; list the receivers (ipBlock, namespaceSelector...) in egress.rules" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A forwarder's integrity block: exactly one key, and a key file under
+integrity.signingKeys.mountPath only when that Secret is mounted.
+Takes (dict "root" $ "index" N "integrity" <values or nil>).
+*/}}
+{{- define "audit-forwarder.validateIntegrity" -}}
+{{- with .integrity }}
+{{- $where := printf "auditLogForwarders[%d].integrity" $.index }}
+{{- $keys := $.root.Values.integrity.signingKeys }}
+{{- if and .signingKey .signingKeyFile }}
+{{- fail (printf "%s: set signingKeyFile or signingKey, not both" $where) }}
+{{- end }}
+{{- if not (or .signingKey .signingKeyFile) }}
+{{- fail (printf "%s: checkpoints are signed: set signingKeyFile to an Ed25519 key mounted with integrity.signingKeys (e.g. %s/siem.key)" $where $keys.mountPath) }}
+{{- end }}
+{{- if and .signingKeyFile (hasPrefix (printf "%s/" $keys.mountPath) .signingKeyFile) (not $keys.existingSecret) }}
+{{- fail (printf "%s.signingKeyFile is under integrity.signingKeys.mountPath (%s) but integrity.signingKeys.existingSecret is not set, so nothing is mounted there: name the Secret holding the key" $where $keys.mountPath) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The key mounts: buffer encryption needs its Secret and a consistent key list,
+and neither key directory may land on (or over) a directory the chart mounts.
+*/}}
+{{- define "audit-forwarder.validateKeyMounts" -}}
+{{- $encryption := .Values.config.buffer.encryption }}
+{{- $taken := dict
+  "the config directory" (include "audit-forwarder.configDir" .)
+  "the secrets directory" (include "audit-forwarder.secretsDir" .)
+  "the buffer directory" (include "audit-forwarder.dataDir" .)
+  "/tmp" "/tmp" }}
+{{- with include "audit-forwarder.unixSocket" . }}
+{{- $_ := set $taken "the socket directory" (dir .) }}
+{{- end }}
+{{- if $encryption.keys }}
+{{- if not $encryption.existingSecret }}
+{{- fail "config.buffer.encryption.keys are listed but config.buffer.encryption.existingSecret is not set: the keys are read from an existing Secret, never from values. Create one (head -c 32 /dev/urandom > k1.key; kubectl create secret generic audit-buffer-keys --from-file=k1.key) and set existingSecret to its name" }}
+{{- end }}
+{{- $ids := list }}
+{{- $secretKeys := list }}
+{{- range $encryption.keys }}
+{{- if has .id $ids }}
+{{- fail (printf "config.buffer.encryption.keys: the id %s is listed twice" .id) }}
+{{- end }}
+{{- if has .secretKey $secretKeys }}
+{{- fail (printf "config.buffer.encryption.keys: the secretKey %s is listed twice" .secretKey) }}
+{{- end }}
+{{- $ids = append $ids .id }}
+{{- $secretKeys = append $secretKeys .secretKey }}
+{{- end }}
+{{- if and (gt (len $ids) 1) (not $encryption.active) }}
+{{- fail (printf "config.buffer.encryption.active: with several keys (%s), name the one new batches are encrypted with" (join ", " $ids)) }}
+{{- end }}
+{{- if and $encryption.active (not (has $encryption.active $ids)) }}
+{{- fail (printf "config.buffer.encryption.active: %s is not the id of a key in config.buffer.encryption.keys (%s)" $encryption.active (join ", " $ids)) }}
+{{- end }}
+{{- if .Values.integrity.signingKeys.existingSecret }}
+{{- $_ := set $taken "integrity.signingKeys.mountPath" .Values.integrity.signingKeys.mountPath }}
+{{- end }}
+{{- include "audit-forwarder.checkMountPath" (dict "name" "config.buffer.encryption.mountPath" "path" $encryption.mountPath "taken" $taken) }}
+{{- else if or $encryption.existingSecret $encryption.active }}
+{{- fail "config.buffer.encryption: existingSecret or active is set but keys is empty; list the Secret's keys, e.g. keys: [{id: k1, secretKey: k1.key}] (nothing is encrypted without them)" }}
+{{- end }}
+{{- with .Values.integrity.signingKeys }}
+{{- if .existingSecret }}
+{{- $_ := unset $taken "integrity.signingKeys.mountPath" }}
+{{- include "audit-forwarder.checkMountPath" (dict "name" "integrity.signingKeys.mountPath" "path" .mountPath "taken" $taken) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Fails when (dict "name" N "path" P "taken" {what: dir}) puts P on, inside or over a taken directory. */}}
+{{- define "audit-forwarder.checkMountPath" -}}
+{{- range $what, $dir := .taken }}
+{{- if or (eq $.path $dir) (hasPrefix (printf "%s/" $dir) $.path) (hasPrefix (printf "%s/" $.path) $dir) }}
+{{- fail (printf "%s (%s) overlaps %s (%s): choose a directory of its own" $.name $.path $what $dir) }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -96,6 +96,18 @@ gets that port too. Takes (dict "root" $ "probe" <values> "path" "/healthz").
       mountPath: {{ include "audit-forwarder.secretsDir" . }}
       readOnly: true
     {{- end }}
+    {{- with .Values.integrity.signingKeys }}
+    {{- if .existingSecret }}
+    - name: audit-forwarder-signing-keys
+      mountPath: {{ .mountPath | quote }}
+      readOnly: true
+    {{- end }}
+    {{- end }}
+    {{- if include "audit-forwarder.bufferEncryption" . }}
+    - name: audit-forwarder-buffer-keys
+      mountPath: {{ .Values.config.buffer.encryption.mountPath | quote }}
+      readOnly: true
+    {{- end }}
     - name: audit-forwarder-buffer
       mountPath: {{ include "audit-forwarder.dataDir" . }}
     {{- if $socket }}
@@ -129,10 +141,30 @@ gets that port too. Takes (dict "root" $ "probe" <values> "path" "/healthz").
       {{- end }}
       {{- range (include "audit-forwarder.secretRefs" . | fromYaml).refs }}
       - secret:
-          name: {{ .name }}
+          name: {{ .name | quote }}
           items:
-            - key: {{ .key }}
+            - key: {{ .key | quote }}
               path: {{ .path }}
+      {{- end }}
+{{- end }}
+{{- /* Key material stays in the operator's own Secrets; the chart only mounts them, 0440 as above. */}}
+{{- with .Values.integrity.signingKeys }}
+{{- if .existingSecret }}
+- name: audit-forwarder-signing-keys
+  secret:
+    secretName: {{ .existingSecret | quote }}
+    defaultMode: 288
+{{- end }}
+{{- end }}
+{{- if include "audit-forwarder.bufferEncryption" . }}
+- name: audit-forwarder-buffer-keys
+  secret:
+    secretName: {{ .Values.config.buffer.encryption.existingSecret | quote }}
+    defaultMode: 288
+    items:
+      {{- range .Values.config.buffer.encryption.keys }}
+      - key: {{ .secretKey | quote }}
+        path: {{ .secretKey | quote }}
       {{- end }}
 {{- end }}
 - name: audit-forwarder-buffer
