@@ -233,6 +233,7 @@ class Daemon:
                 ("buffer.path", self._bound.buffer.path, new.buffer.path),
                 ("buffer.synchronous", self._bound.buffer.synchronous, new.buffer.synchronous),
                 ("delivery.process", self._bound.delivery.process, new.delivery.process),
+                ("buffer.encryption", self._bound.buffer.encryption, new.buffer.encryption),
             )
             if before != after
         ]

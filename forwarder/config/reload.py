@@ -45,6 +45,8 @@ def dependent_files(path: Path, settings: Settings) -> list[Path]:
     if settings.ingest.token_file is not None:
         files.append(settings.ingest.token_file)
     for spec in settings.audit_log_forwarders:
+        if spec.integrity is not None and spec.integrity.signing_key_file is not None:
+            files.append(spec.integrity.signing_key_file)
         if isinstance(spec, NatsForwarderConfig):
             files += spec.files()
             continue

@@ -18,6 +18,7 @@ from tests.support import (
     daemon_config,
     forwarder_config,
     post_events,
+    run_cli,
     stored_events,
     wait_for,
 )
@@ -238,3 +239,53 @@ async def test_rotated_token_file_is_picked_up(
     ]
     assert await daemon.terminate() == 0
     assert "SECOND" not in daemon.output()
+
+
+async def test_rotated_integrity_signing_key_file_is_picked_up(
+    tmp_path: Path, make_receiver: ReceiverFactory, daemons: MakeDaemon
+) -> None:
+    """Replacing integrity.signingKeyFile (a Secret update) reloads without a signal: later
+    checkpoints are signed with the new key, and the chain goes on where it was."""
+    receiver = await make_receiver()
+    for name in ("first", "second"):
+        code, _, err = await run_cli("keygen", "--out", str(tmp_path / name))
+        assert code == 0, err
+    key_file = tmp_path / "signing.key"
+    key_file.write_bytes((tmp_path / "first.key").read_bytes())
+    integrity = {"mode": "chain", "signingKeyFile": str(key_file), "checkpointEvery": 1}
+    config = daemon_config(
+        tmp_path, [forwarder_config(f"{receiver.url}in", name="siem", integrity=integrity)]
+    )
+    daemon = await daemons(config).start()
+    await post_events(daemon.ingest_url, '{"n": 1}')
+    await wait_for(lambda: len(receiver.delivered) == 1)
+    replacement = tmp_path / "signing.new"
+    replacement.write_bytes((tmp_path / "second.key").read_bytes())
+    os.replace(replacement, key_file)
+    await reloaded(daemon, 0)
+    await post_events(daemon.ingest_url, '{"n": 2}')
+    await wait_for(lambda: len(receiver.delivered) == 2)
+    records = [request.json()["auditChain"] for request in receiver.delivered]
+    assert [record["seq"] for record in records] == [1, 2]
+    assert records[0]["key"] != records[1]["key"]
+    assert await daemon.terminate() == 0
+
+
+async def test_a_changed_buffer_encryption_is_reported_as_needing_a_restart(
+    tmp_path: Path, make_receiver: ReceiverFactory, daemons: MakeDaemon
+) -> None:
+    """Turning buffer.encryption on at a reload is logged as restart-required, not applied."""
+    receiver = await make_receiver()
+    config = daemon_config(tmp_path, [forwarder_config(f"{receiver.url}in", name="siem")])
+    config["logging"] = {"level": "info", "format": "json"}
+    daemon = await daemons(config).start()
+    (tmp_path / "buffer.key").write_text(os.urandom(32).hex())
+    config["buffer"] = {**config["buffer"], "encryption": {"keyFile": str(tmp_path / "buffer.key")}}
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    daemon.signal(signal.SIGHUP)
+    await wait_for(lambda: count_logs(daemon, "config_restart_required") == 1)
+    restart = next(e for e in daemon.log_entries() if e.get("event") == "config_restart_required")
+    assert restart["keys"] == ["buffer.encryption"]
+    assert (await post_events(daemon.ingest_url, '{"n": 1}'))[0] == 202
+    await wait_for(lambda: len(receiver.delivered) == 1)
+    assert await daemon.terminate() == 0
