@@ -109,6 +109,13 @@ async def measure(run: Run) -> None:
         steps.append(("syslog-ng", "syslog-ng, scenario 1's workload", lambda: run_syslog_ng(run)))
     if 1 in chosen:
         steps.append(("1", "end to end", lambda: end_to_end(run, "1", "end to end")))
+        steps.append(
+            (
+                "1-single",
+                "end to end, one client connection",
+                lambda: end_to_end(run, "1-single", "end to end, one connection", connections=1),
+            )
+        )
     if 2 in chosen:
         steps.append(("2-tcp", "single-event ingest, TCP", lambda: single_event(run, "tcp")))
         steps.append(

@@ -1,8 +1,10 @@
 """Scenarios 1, 5 and 6: end-to-end throughput, and syslog-ng with the same workload.
 
 1. End to end: N events as NDJSON bodies of 1,000, pre-built, sent by an
-   aiohttp client pool of 4 keep-alive connections. events/s = N / (time the
-   sink's access log shows the N-th event - time the first byte was sent);
+   aiohttp client pool of 4 keep-alive connections (``1-single``: one
+   connection, each body waiting for its 202, as a simple application sends).
+   events/s = N / (time the sink's access log shows the N-th event - time the
+   first byte was sent);
    CPU-s per 100k events over that window; peak RSS over it.
 5. Scale: scenario 1 on a daemon and buffer file that first delivered 2,000,000
    older events (NDJSON 1,000-batches, waited for until the sink has them all).
@@ -72,8 +74,13 @@ async def end_to_end(
     synchronous: str = "normal",
     history: int = 0,
     encrypted: bool = False,
+    connections: int = NDJSON_CONNECTIONS,
 ) -> dict[str, Any]:
-    """Scenario 1 (and 5, 6, 8): N events in NDJSON 1,000-batches, until the sink has them all."""
+    """Scenario 1 (and 5, 6, 8): N events in NDJSON 1,000-batches, until the sink has them all.
+
+    ``connections``: the client pool's size; 1 is an application that sends
+    one body and waits for its 202 before the next.
+    """
     events = run.plan.events
     bodies = run.bodies()
     work = run.tmp / f"scenario-{key}"
@@ -123,7 +130,7 @@ async def end_to_end(
                 daemon.ingest_url,
                 bodies,
                 content_type=NDJSON,
-                connections=NDJSON_CONNECTIONS,
+                connections=connections,
                 events_per_body=1000,
             )
             finished = await until_delivered(
@@ -147,7 +154,7 @@ async def end_to_end(
         peak_pss_mb=round(peak_pss / MB, 1),
         daemon_delivered=delivered,
         buffer_file_mb=round(sum(buffer_files.values()) / MB, 1),
-        generator=f"aiohttp pool, {NDJSON_CONNECTIONS} keep-alive connections, NDJSON 1000s",
+        generator=f"aiohttp pool, {connections} keep-alive connection(s), NDJSON 1000s",
         sink=sink.kind,
     )
     return row
