@@ -16,7 +16,8 @@ reach the file and no other stage needs the key to write.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import aiosqlite
 
@@ -51,21 +52,40 @@ async def write_group(
     appends = [op for op in group.ops if isinstance(op, Append)]
     if appends:
         appended = await _write_appends(conn, appends, group, head_seq, now, keyring)
+    statements: list[tuple[str, Sequence[Sequence[Any]]]] = []
     for op in group.ops:
-        if isinstance(op, Append):
-            for sql, rows in seal_statements(keyring, op.statements):
-                await conn.executemany(sql, rows)
+        if isinstance(op, Append | Statements):
+            statements += seal_statements(keyring, op.statements)
         if isinstance(op, Statements):
-            for sql, rows in seal_statements(keyring, op.statements):
-                await conn.executemany(sql, rows)
             for name, seq in op.acks.items():
                 group.acks[name] = max(seq, group.acks.get(name, seq))
+    for sql, rows in coalesced(statements):
+        await conn.executemany(sql, rows)
     if group.acks:
         await conn.executemany(
             "UPDATE forwarders SET cursor = ? WHERE name = ? AND cursor < ?",
             [(seq, name, seq) for name, seq in group.acks.items()],
         )
     return appended
+
+
+def coalesced(
+    statements: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+) -> list[tuple[str, Sequence[Sequence[Any]]]]:
+    """``statements`` in order, neighbours with the same SQL merged into one ``executemany``.
+
+    Every delivery attempt queues its own history row: a group holds dozens
+    of them one after the other, and each ``executemany`` is a round trip to
+    the writer's thread. Only neighbours are merged, so the order in which
+    the rows are written is the order they were queued in.
+    """
+    merged: list[tuple[str, list[Sequence[Any]]]] = []
+    for sql, rows in statements:
+        if merged and merged[-1][0] == sql:
+            merged[-1][1].extend(rows)
+        else:
+            merged.append((sql, list(rows)))
+    return list(merged)
 
 
 def _write_registration_rows(

@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import prometheus_client
+
 from forwarder.buffer.batches import StoredEvent
 from forwarder.buffer.dead_letters import INSERT_DEAD_LETTER
 from forwarder.buffer.history import INSERT_ATTEMPT, pack_event_ids
@@ -75,6 +77,12 @@ class Outcomes:
         self._buffer = buffer
         self._metrics = metrics
         self._clock = clock
+        # Series are never removed: each is looked up once, not on every request
+        # (a ``labels()`` call hashes and checks its label values every time).
+        self._duration = metrics.delivery_duration.labels(name)
+        self._delivered = metrics.events_delivered.labels(name)
+        self._last_success = metrics.last_success.labels(name)
+        self._attempts: dict[tuple[str, str], prometheus_client.Counter] = {}
 
     def attempt(
         self,
@@ -106,14 +114,22 @@ class Outcomes:
             self._masker.mask_bytes(body, RESPONSE_BODY_LIMIT),
         )
         self._buffer.submit([(INSERT_ATTEMPT, [row])])
-        self._metrics.delivery_duration.labels(self.name).observe(elapsed)
+        self._duration.observe(elapsed)
+
+    def _attempts_series(self, outcome: str, code: str) -> prometheus_client.Counter:
+        """The ``delivery_attempts`` series of this forwarder for ``outcome`` and ``code``."""
+        series = self._attempts.get((outcome, code))
+        if series is None:
+            series = self._metrics.delivery_attempts.labels(self.name, outcome, code)
+            self._attempts[(outcome, code)] = series
+        return series
 
     def success(self, batch: list[StoredEvent], response: Answer) -> None:
         now = self._clock()
         m = self._metrics
-        m.delivery_attempts.labels(self.name, "success", response.code).inc()
-        m.events_delivered.labels(self.name).inc(len(batch))
-        m.last_success.labels(self.name).set(now)
+        self._attempts_series("success", response.code).inc()
+        self._delivered.inc(len(batch))
+        self._last_success.set(now)
         # Events committed together share their arrival time: one observation each
         # (and most requests carry the events of a single commit).
         if batch[0].received_at == batch[-1].received_at:
@@ -135,7 +151,7 @@ class Outcomes:
         self.status.last_success_at = now
 
     def failure(self, exc: DeliveryError, attempt: int, outcome: str) -> None:
-        self._metrics.delivery_attempts.labels(self.name, outcome, exc.code).inc()
+        self._attempts_series(outcome, exc.code).inc()
         self.status.last_status = exc.code
         self.status.last_error = self._masker.mask(exc.message)
         self.status.consecutive_failures += 1

@@ -134,3 +134,34 @@ async def test_without_secrets_rows_are_stored_as_answered(buffer: EventBuffer) 
     outcomes(buffer, []).attempt(batch, 1, "dead_letter", failure, time.monotonic())
 
     assert await history(buffer) == [("HTTP 401", body[:RESPONSE_BODY_LIMIT])]
+
+
+async def test_each_outcome_and_code_is_counted_in_its_own_series(buffer: EventBuffer) -> None:
+    """Attempts are counted per (outcome, code), deliveries and durations per forwarder."""
+    registry = CollectorRegistry()
+    recorder = Outcomes(
+        "f", ForwarderStatus("f", last_attempt_at=time.time()), buffer, Metrics(registry), time.time
+    )
+    batch = await read_all(buffer, "f")
+    recorder.failure(RetryableDeliveryError("503", "HTTP 503", status=503), 1, "retry")
+    recorder.failure(RetryableDeliveryError("503", "HTTP 503", status=503), 2, "retry")
+    recorder.failure(RetryableDeliveryError("timeout", "no answer"), 3, "retry")
+    recorder.failure(RetryableDeliveryError("503", "HTTP 503", status=503), 4, "dead_letter")
+    answer = Response(200, {}, b"", 0.01)
+    for _ in range(2):
+        recorder.success(batch, answer)
+        recorder.attempt(batch, 4, "success", answer, time.monotonic())
+
+    def attempts(outcome: str, code: str) -> float | None:
+        labels = {"forwarder": "f", "outcome": outcome, "code": code}
+        return registry.get_sample_value("audit_forwarder_delivery_attempts_total", labels)
+
+    assert attempts("retry", "503") == 2
+    assert attempts("retry", "timeout") == 1
+    assert attempts("dead_letter", "503") == 1
+    assert attempts("success", "200") == 2
+    assert attempts("retry", "200") is None
+    forwarder = {"forwarder": "f"}
+    assert registry.get_sample_value("audit_forwarder_events_delivered_total", forwarder) == 2
+    count = "audit_forwarder_delivery_duration_seconds_count"
+    assert registry.get_sample_value(count, forwarder) == 2
