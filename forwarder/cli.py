@@ -23,190 +23,37 @@ operator can.
 
 Start-up is part of the interface: an operator (or a probe script) waits for
 it on every call, and the interpreter alone takes ~12 ms. So this module
-imports only argparse and the ground floor; each command imports its own
-modules inside its handler. ``--help`` and ``--version`` load no third-party
-package; ``check-config`` loads pydantic and YAML but not aiohttp, structlog
-or prometheus_client; the operator commands add only the standard library's
-HTTP client (``ops/client.py``). ``tests/test_cli_imports.py`` guards this
-and ``python -m bench.cli_startup`` measures it.
+imports only argparse and the ground floor (the parser is ``cli_parser.py``);
+each command imports its own modules inside its handler. ``--help`` and
+``--version`` load no third-party package; ``check-config`` loads pydantic
+and YAML but not aiohttp, structlog or prometheus_client; the operator
+commands load YAML and the standard library's HTTP client, not pydantic:
+they find the daemon with ``ops/locate.py`` and validate the whole file only
+when that cannot tell or the command fails (see :func:`_operator_command`).
+``tests/test_cli_imports.py`` guards this and ``python -m bench.cli_startup``
+measures it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from forwarder import __version__
+from forwarder.cli_parser import build_parser
 from forwarder.errors import BufferUnusableError, ConfigError, ForwarderError
 
 if TYPE_CHECKING:
     from forwarder.config.settings import Settings
     from forwarder.ops.commands import CommandError, Outcome
+    from forwarder.ops.locate import AdminAddress
 
-DEFAULT_CONFIG = "config.yaml"
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_BUFFER = 0, 1, 2, 3
 OPERATOR_COMMANDS = ("status", "deliveries", "test", "send", "dead-letters")
-
-
-def _add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        default=os.environ.get("AUDIT_FORWARDER_CONFIG_FILE", DEFAULT_CONFIG),
-        help="YAML configuration file (default: $AUDIT_FORWARDER_CONFIG_FILE or config.yaml)",
-    )
-
-
-def _add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--json", action="store_true", help="print JSON for scripts (errors too, on stdout)"
-    )
-
-
-def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
-    """An argparse type: an integer from ``low`` to ``high`` (a usage error otherwise)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what} ({low}-{high})")
-        return value
-
-    return parse
-
-
-LIMIT = _int_in(1, 1000, "a number of rows")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="audit-forwarder",
-        description="Forward local audit events durably to webhook endpoints.",
-    )
-    parser.add_argument(
-        "-V", "--version", action="version", version=f"audit-forwarder {__version__}"
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = commands.add_parser("run", help="run the daemon")
-    _add_config(run)
-
-    check = commands.add_parser("check-config", help="validate a configuration file")
-    _add_config(check)
-    _add_json(check)
-
-    receiver = commands.add_parser("receiver", help="a debug receiver that prints deliveries")
-    receiver.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
-    )
-    receiver.add_argument(
-        "--port",
-        type=_int_in(0, 65535, "a port"),
-        default=9000,
-        help="port to listen on (default: 9000)",
-    )
-    receiver.add_argument(
-        "--status",
-        type=_int_in(100, 599, "an HTTP status"),
-        default=200,
-        help="HTTP status to answer every request with, 100-599 (default: 200)",
-    )
-
-    status = commands.add_parser("status", help="show every forwarder's state")
-    _add_config(status)
-    _add_json(status)
-
-    deliveries = commands.add_parser("deliveries", help="show a forwarder's delivery history")
-    _add_config(deliveries)
-    _add_json(deliveries)
-    deliveries.add_argument("name", help="forwarder name")
-    deliveries.add_argument("--limit", type=LIMIT, default=20, help="newest N attempts (max 1000)")
-
-    test = commands.add_parser("test", help="send a test event to a forwarder's receiver")
-    _add_config(test)
-    _add_json(test)
-    test.add_argument("name", help="forwarder name")
-
-    render = commands.add_parser(
-        "render", help="show the request a forwarder would send for an event, without sending it"
-    )
-    _add_config(render)
-    _add_json(render)
-    render.add_argument("name", help="forwarder name")
-    render.add_argument(
-        "--event",
-        metavar="FILE",
-        help="a file holding one JSON event, or - for stdin (default: a built-in sample event)",
-    )
-
-    send = commands.add_parser("send", help="ingest JSON or NDJSON events from a file or stdin")
-    _add_config(send)
-    _add_json(send)
-    send.add_argument("file", nargs="?", default="-", help="a file, or - for stdin (default)")
-
-    dead = commands.add_parser("dead-letters", help="list, replay or purge dead letters")
-    dead_commands = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, text in (
-        ("list", "show dead letters, newest first"),
-        ("replay", "put dead letters back into their forwarder's queue"),
-        ("purge", "delete dead letters: --forwarder, --id or --all"),
-    ):
-        sub = dead_commands.add_parser(action, help=text)
-        _add_config(sub)
-        _add_json(sub)
-        sub.add_argument("--forwarder", help="only this forwarder's dead letters")
-        if action == "list":
-            sub.add_argument("--limit", type=LIMIT, default=50, help="newest N (max 1000)")
-        else:
-            sub.add_argument(
-                "--id", dest="ids", action="append", default=[], help="an event id (repeatable)"
-            )
-        if action == "purge":
-            sub.add_argument("--all", action="store_true", help="purge every dead letter")
-
-    buffer = commands.add_parser("buffer", help="check or salvage the buffer file itself")
-    buffer_commands = buffer.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, text in (
-        ("check", "integrity check and summary (read-only; works beside a running daemon)"),
-        ("salvage", "move a damaged file aside and copy what is readable into a fresh one"),
-    ):
-        sub = buffer_commands.add_parser(action, help=text)
-        _add_config(sub)
-        _add_json(sub)
-
-    top = commands.add_parser("top", help="a live view of the forwarders, ingest and the buffer")
-    _add_config(top)
-    _add_json(top)
-    top.add_argument("--once", action="store_true", help="print one frame and exit")
-    top.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
-    top.add_argument("--metrics-url", help="the metrics listener (default: from the config)")
-
-    _add_integrity_commands(commands)
-    commands.add_parser("version", help="print the version")
-    return parser
-
-
-def _add_integrity_commands(commands: Any) -> None:
-    """``keygen`` and ``verify`` (tamper-evident delivery; ops/integrity_commands.py)."""
-    keygen = commands.add_parser("keygen", help="write an Ed25519 key pair for integrity")
-    keygen.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.key/.pub")
-    verify = commands.add_parser("verify", help="check exported events against their chain")
-    verify.add_argument(
-        "--public-key", action="append", required=True, metavar="FILE", help="repeatable"
-    )
-    verify.add_argument("events", nargs="?", default="-", help="NDJSON or a JSON array; - stdin")
-    verify.add_argument("--from-seq", type=_int_in(1, 2**62, "a seq"), default=1)
-    verify.add_argument("--output", choices=("text", "json"), default="text")
-    _add_json(verify)
 
 
 def _integrity_command(args: argparse.Namespace) -> int:
@@ -253,30 +100,43 @@ def _fail(error: CommandError, as_json: bool) -> int:
     return error.exit_code
 
 
-def _load(path: str, as_json: bool = False) -> Settings | None:
-    """The settings, or None once every problem is reported (the caller exits 2)."""
+def _validated(path: str) -> Settings:
+    """The whole configuration, validated; raises ``ConfigError``."""
     from forwarder.config.loading import load_config  # pydantic and YAML: not for --help
 
+    return load_config(path)
+
+
+def _load(path: str, as_json: bool = False) -> Settings | None:
+    """The settings, or None once every problem is reported (the caller exits 2)."""
     try:
-        return load_config(path)
+        return _validated(path)
     except ConfigError as exc:
-        if as_json:
-            problems = [{"path": p.path, "message": p.message} for p in exc.problems]
-            _print_json(
-                {
-                    "error": "invalid_configuration",
-                    "message": f"invalid configuration {path}",
-                    "problems": problems,
-                }
-            )
-            return None
-        print(f"audit-forwarder: invalid configuration {path}:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _config_problems(path, exc, as_json)
         return None
 
 
+def _config_problems(path: str, error: ConfigError, as_json: bool) -> None:
+    """Report every problem of an invalid configuration once (the caller exits 2)."""
+    if as_json:
+        problems = [{"path": p.path, "message": p.message} for p in error.problems]
+        _print_json(
+            {
+                "error": "invalid_configuration",
+                "message": f"invalid configuration {path}",
+                "problems": problems,
+            }
+        )
+        return
+    print(f"audit-forwarder: invalid configuration {path}:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
 def _run(path: str) -> int:
+    from forwarder.memory import leave_out_unused_libraries  # before structlog: see memory.py
+
+    leave_out_unused_libraries()
     settings = _load(path)
     if settings is None:
         return EXIT_CONFIG
@@ -365,20 +225,63 @@ def _print_outcome(outcome: Outcome, as_json: bool) -> int:
 
 
 def _operator_command(args: argparse.Namespace) -> int:
-    settings = _load(args.config, args.json)
-    if settings is None:
+    """A command that talks to the daemon: found by the light locator when it can tell.
+
+    What an operator sees is what validating the file first would show: when
+    the locator declines, the file is validated before anything is sent; when
+    it does not, the file is validated once the command has failed (any exit
+    but 0), and an invalid file is reported instead of the failure, with
+    nothing else printed. Only a command that succeeded against a daemon
+    skips validating the forwarders: they are the daemon's, not this
+    command's (see ``ops/locate.py``).
+    """
+    from forwarder.ops.commands import CommandError
+    from forwarder.ops.locate import address_of, locate
+
+    validated: list[Settings] = []
+
+    def settings() -> Settings:
+        if not validated:
+            validated.append(_validated(args.config))
+        return validated[0]
+
+    notices: list[str] = []
+    try:
+        address = locate(args.config)
+        if address is None:
+            address = address_of(settings())
+        answer = _ask_daemon(args, address, settings, notices)
+        if isinstance(answer, CommandError) or answer.exit_code != EXIT_OK:
+            settings()  # an invalid file is said instead of the failure
+    except ConfigError as exc:
+        _config_problems(args.config, exc, args.json)
         return EXIT_CONFIG
+    for line in notices:
+        _notice(line)
+    if isinstance(answer, CommandError):
+        return _fail(answer, args.json)
+    return _print_outcome(answer, args.json)
+
+
+def _ask_daemon(
+    args: argparse.Namespace,
+    address: AdminAddress,
+    settings: Callable[[], Settings],
+    notices: list[str],
+) -> Outcome | CommandError:
+    """The daemon's answer, or why there is none in command-line terms; ConfigError passes."""
     from forwarder.ops.commands import CommandError, check_dead_letter_selection, run_operator
 
     try:
         if args.command == "dead-letters":
             check_dead_letter_selection(args)  # before anything is sent
-        outcome = run_operator(args, settings, _notice)
+        return run_operator(args, address, settings, notices.append)
     except CommandError as exc:
-        return _fail(exc, args.json)
+        return exc
+    except ConfigError:
+        raise  # the file, not the command (a failed test's hint validates it)
     except ForwarderError as exc:  # the daemon did not answer
-        return _fail(CommandError("daemon_unreachable", str(exc)), args.json)
-    return _print_outcome(outcome, args.json)
+        return CommandError("daemon_unreachable", str(exc))
 
 
 def _render(args: argparse.Namespace) -> int:

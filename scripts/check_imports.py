@@ -40,7 +40,7 @@ LAYERS: list[set[str]] = [
     {"forwarder.ingest"},
     {"forwarder.delivery"},
     {"forwarder.ops"},
-    {"forwarder.app", "forwarder.cli", "forwarder.__main__"},
+    {"forwarder.app", "forwarder.cli", "forwarder.cli_parser", "forwarder.__main__"},
 ]
 
 

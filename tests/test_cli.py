@@ -161,29 +161,29 @@ def test_missing_config_file_exits_2(tmp_path: Path, command: str) -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    ("content", "problem"),
-    [
-        pytest.param(
-            BILLION_LAUGHS.encode(),
-            f"the configuration has more than {MAX_VALUES} values",
-            id="billion-laughs",
-        ),
-        pytest.param(
-            b"ingest: &a {x: *a}\n", "the configuration is nested more than", id="alias-cycle"
-        ),
-        pytest.param(b"x: " + b"[" * 5000 + b"]" * 5000, "is nested too deeply", id="deep"),
-        pytest.param(
-            b"x: !!python/object/apply:os.system ['touch MARKER']\n",
-            "could not determine a constructor for the tag",
-            id="python-tag",
-        ),
-        pytest.param(b"1: x\n", "1: keys should be strings", id="int-key"),
-        pytest.param(b"- a\n- b\n", "the configuration must be a YAML mapping", id="list"),
-        pytest.param(b"caf\xe9: 1\n", "'utf-8' codec can't decode", id="latin-1"),
-        pytest.param(b"a: [\n", "is not valid YAML at line 2", id="syntax"),
-    ],
-)
+HOSTILE = [
+    pytest.param(
+        BILLION_LAUGHS.encode(),
+        f"the configuration has more than {MAX_VALUES} values",
+        id="billion-laughs",
+    ),
+    pytest.param(
+        b"ingest: &a {x: *a}\n", "the configuration is nested more than", id="alias-cycle"
+    ),
+    pytest.param(b"x: " + b"[" * 5000 + b"]" * 5000, "is nested too deeply", id="deep"),
+    pytest.param(
+        b"x: !!python/object/apply:os.system ['touch MARKER']\n",
+        "could not determine a constructor for the tag",
+        id="python-tag",
+    ),
+    pytest.param(b"1: x\n", "1: keys should be strings", id="int-key"),
+    pytest.param(b"- a\n- b\n", "the configuration must be a YAML mapping", id="list"),
+    pytest.param(b"caf\xe9: 1\n", "'utf-8' codec can't decode", id="latin-1"),
+    pytest.param(b"a: [\n", "is not valid YAML at line 2", id="syntax"),
+]
+
+
+@pytest.mark.parametrize(("content", "problem"), HOSTILE)
 @pytest.mark.timeout(60)
 def test_hostile_config_exits_2_without_a_traceback(
     tmp_path: Path, content: bytes, problem: str
@@ -199,6 +199,60 @@ def test_hostile_config_exits_2_without_a_traceback(
     assert problem in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not marker.exists()
+
+
+# Files the operator commands' locator reads (ingest is fine) but the full loader refuses.
+NO_DAEMON = "ingest: {port: null, unixSocket: ./nothing.sock}\n"
+BROKEN_ELSEWHERE = [
+    pytest.param(
+        (NO_DAEMON + GOOD).encode(), {}, "auditLogForwarders[1].token", id="unset-variable"
+    ),
+    pytest.param(
+        (
+            NO_DAEMON + "auditLogForwarders: [{kind: webhook, uri: https://x, method: GET}]\n"
+        ).encode(),
+        {},
+        "auditLogForwarders[0].method",
+        id="bad-forwarder",
+    ),
+    pytest.param(
+        (NO_DAEMON + "auditLogForwarders: [{kind: webhook, uri: https://x}]\n").encode(),
+        {"AUDIT_FORWARDER_LOGGING__LEVEL": "loud"},
+        "logging.level (from AUDIT_FORWARDER_LOGGING__LEVEL)",
+        id="bad-override-elsewhere",
+    ),
+    pytest.param(
+        GOOD.encode(),
+        {"FWD_TEST_ARCHIVE_TOKEN": "ENV-TOK", "AUDIT_FORWARDER_INGEST__PORT": "http"},
+        "ingest.port (from AUDIT_FORWARDER_INGEST__PORT)",
+        id="bad-ingest-override",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "env", "problem"),
+    [pytest.param(p.values[0], {}, p.values[1], id=p.id) for p in HOSTILE] + BROKEN_ELSEWHERE,
+)
+@pytest.mark.timeout(60)
+def test_operator_commands_report_a_bad_file_exactly_as_check_config(
+    tmp_path: Path, content: bytes, env: dict[str, str], problem: str
+) -> None:
+    """status and deliveries on a file that does not load: check-config's report, exit 2."""
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content.replace(b"MARKER", str(tmp_path / "executed").encode()))
+    config = ("--config", str(path))
+
+    check = run_cli("check-config", *config, cwd=tmp_path, env=env)
+    status = run_cli("status", *config, cwd=tmp_path, env=env)
+    check_json = run_cli("check-config", *config, "--json", cwd=tmp_path, env=env)
+    deliveries_json = run_cli("deliveries", "siem", *config, "--json", cwd=tmp_path, env=env)
+
+    assert problem in check.stderr
+    assert (status.returncode, status.stdout, status.stderr) == (2, "", check.stderr)
+    assert deliveries_json.returncode == check_json.returncode == 2
+    assert deliveries_json.stdout == check_json.stdout
+    assert not (tmp_path / "executed").exists()
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,8 @@ DAEMON_STACK = (
 )
 # What only a configuration needs: --help and --version load none of it.
 CONFIG_STACK = ("pydantic", "pydantic_settings", "yaml", "forwarder.config")
+# What validating a configuration needs: the operator commands find the daemon without it.
+VALIDATION = ("pydantic", "pydantic_settings", "forwarder.config")
 
 
 async def imported(argv: list[str], cwd: Path, watched: tuple[str, ...]) -> list[str]:
@@ -94,4 +96,28 @@ async def test_status_asks_the_daemon_without_loading_its_stack(
     argv = ["status", "-c", str(daemon.config_path)]
 
     assert await imported(argv, tmp_path, DAEMON_STACK) == []
+    assert await daemon.terminate() == 0
+
+
+async def test_operator_commands_find_the_daemon_without_validating_the_file(
+    tmp_path: Path, daemons: Callable[..., DaemonProcess]
+) -> None:
+    """status, deliveries, dead-letters and send load neither pydantic nor the config models."""
+    config = daemon_config(
+        tmp_path,
+        [forwarder_config("http://127.0.0.1:9/in", name="siem")],
+        ingest={"token": "${FWD_TEST_ARCHIVE_TOKEN}", "unixSocket": "ingest.sock"},
+    )
+    daemon = await daemons(config, {"FWD_TEST_ARCHIVE_TOKEN": "ENV-TOK"}).start()
+    events = write(tmp_path, '{"type": "login"}\n', name="events.ndjson")
+    config_flag = ["-c", str(daemon.config_path)]
+
+    for argv in (
+        ["status", *config_flag],
+        ["deliveries", "siem", *config_flag],
+        ["dead-letters", "list", *config_flag],
+        ["dead-letters", "replay", "--forwarder", "siem", *config_flag],
+        ["send", str(events), *config_flag],
+    ):
+        assert await imported(argv, tmp_path, VALIDATION) == [], argv
     assert await daemon.terminate() == 0

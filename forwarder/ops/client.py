@@ -25,8 +25,9 @@ answers, the one error names both.
 The client is the standard library's ``http.client``, synchronous: an
 operator command makes one or two requests and exits, and importing aiohttp
 (and asyncio) would cost it several times the request itself — the command
-line's start-up target is 150 ms (see ``cli.py``). ``http.client`` is loaded
-anyway by the configuration (``urllib.request``, for the proxy settings).
+line's start-up target is 150 ms (see ``cli.py``). For the same reason it
+takes an :class:`~forwarder.ops.locate.AdminAddress`, which ``locate.py``
+reads from the file without pydantic, or validated settings (``top``).
 :meth:`AdminClient.call` is the blocking call; :meth:`AdminClient.request`
 runs it in a worker thread for callers on an event loop (``top``).
 """
@@ -41,6 +42,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from forwarder.errors import ForwarderError
+from forwarder.ops.locate import AdminAddress, address_of
 
 if TYPE_CHECKING:
     from forwarder.config.settings import Settings
@@ -82,16 +84,18 @@ class AdminClient:
     reached and TCP was used instead.
     """
 
-    def __init__(self, settings: Settings, notice: Callable[[str], None] | None = None) -> None:
-        ingest = settings.ingest
-        self._socket = str(ingest.unix_socket) if ingest.unix_socket is not None else None
+    def __init__(
+        self, where: AdminAddress | Settings, notice: Callable[[str], None] | None = None
+    ) -> None:
+        ingest = where if isinstance(where, AdminAddress) else address_of(where)
+        self._socket = ingest.unix_socket
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(ingest.host, ingest.host)
         host = f"[{host}]" if ":" in host else host
         self._tcp = f"{host}:{ingest.port}" if ingest.port is not None else None
         # Port 0 is picked by the kernel at each start: nothing to fall back on.
         self._fallback = bool(ingest.port)
         self.address = f"unix:{self._socket}" if self._socket else f"{host}:{ingest.port}"
-        token = ingest.token.get_secret_value() if ingest.token is not None else None
+        token = ingest.token
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._notice = notice or (lambda line: None)
 

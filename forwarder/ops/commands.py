@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-# Loaded with the settings anyway (an operator command has them): no start-up cost.
-from forwarder.destinations.webhook.options import WebhookForwarderConfig
 from forwarder.errors import ForwarderError
 from forwarder.ops.client import (
     AdminClient,
@@ -41,9 +39,10 @@ from forwarder.ops.client import (
     guess_content_type,
 )
 
-if TYPE_CHECKING:  # the settings are the caller's: importing them here costs start-up
+if TYPE_CHECKING:  # pydantic models: imported only when validated settings are needed
     from forwarder.config.settings import Settings
     from forwarder.destinations.kinds import AnyForwarderConfig
+    from forwarder.ops.locate import AdminAddress
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
 
@@ -123,10 +122,18 @@ def _in_cli_terms(error: AdminRequestError, args: argparse.Namespace, config: st
 
 
 def run_operator(
-    args: argparse.Namespace, settings: Settings, notice: Callable[[str], None] | None = None
+    args: argparse.Namespace,
+    address: AdminAddress,
+    settings: Callable[[], Settings],
+    notice: Callable[[str], None] | None = None,
 ) -> Outcome:
-    """Run one operator command against the daemon the configuration describes."""
-    client = AdminClient(settings, notice)
+    """Run one operator command against the daemon at ``address``.
+
+    ``settings`` validates the whole configuration (raising ``ConfigError``);
+    it is called only for what the admin API's answer does not say: the
+    hint of a failed ``test`` names the forwarder's settings.
+    """
+    client = AdminClient(address, notice)
     try:
         if args.command == "status":
             payload = client.call("GET", "/v1/forwarders")
@@ -144,16 +151,20 @@ def run_operator(
         raise _in_cli_terms(exc, args, args.config) from None
 
 
-def _test(client: AdminClient, args: argparse.Namespace, settings: Settings) -> Outcome:
+def _test(
+    client: AdminClient, args: argparse.Namespace, settings: Callable[[], Settings]
+) -> Outcome:
     payload = client.call("POST", f"/v1/forwarders/{quote(args.name, safe='')}/test")
     response = payload.get("response") or {}
-    specs = {
-        str(spec.name): (index, spec) for index, spec in enumerate(settings.audit_log_forwarders)
-    }
-    found = specs.get(args.name)
     hint = None
-    if not payload.get("ok") and found is not None:
-        hint = status_hint(response.get("status"), *found)
+    if not payload.get("ok"):
+        specs = {
+            str(spec.name): (index, spec)
+            for index, spec in enumerate(settings().audit_log_forwarders)
+        }
+        found = specs.get(args.name)
+        if found is not None:
+            hint = status_hint(response.get("status"), *found)
     payload["hint"] = hint
     return Outcome(
         payload, format_test(payload), exit_code=0 if payload.get("ok") else EXIT_FAILURE
@@ -162,6 +173,9 @@ def _test(client: AdminClient, args: argparse.Namespace, settings: Settings) -> 
 
 def status_hint(status: Any, index: int, spec: AnyForwarderConfig) -> str | None:
     """One line on what to check when a receiver answers 401, 403 or 404 to ``test``."""
+    # pydantic: loaded only for a failed test, whose hint needs the validated settings.
+    from forwarder.destinations.webhook.options import WebhookForwarderConfig
+
     if not isinstance(spec, WebhookForwarderConfig):
         return None  # HTTP statuses: a NATS forwarder's error message says it all
     where = f"auditLogForwarders[{index}] ({spec.name})"

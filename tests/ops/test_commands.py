@@ -221,6 +221,29 @@ def cli_config(daemon: DaemonProcess, socket_path: Path) -> str:
     return str(path)
 
 
+async def test_a_file_broken_after_start_still_reaches_the_daemon_until_a_command_fails(
+    tmp_path: Path, make_receiver: ReceiverFactory, daemons: MakeDaemon
+) -> None:
+    """The forwarders are the daemon's: status answers; a failing command reports the file."""
+    daemon, _ = await two_forwarders(tmp_path, make_receiver, daemons)
+    config = yaml.safe_load(daemon.config_path.read_text())
+    config["auditLogForwarders"].append({"kind": "webhook", "uri": "https://x", "method": "GET"})
+    daemon.config_path.write_text(yaml.safe_dump(config))
+
+    status = await cli(daemon, "status", "--json")
+    failing = await cli(daemon, "test", "nope")
+
+    assert status[0] == 0, status[2]
+    assert [f["name"] for f in json.loads(status[1])["forwarders"]] == ["siem", "archive"]
+    assert failing == (
+        2,
+        "",
+        f"audit-forwarder: invalid configuration {daemon.config_path}:\n"
+        "  auditLogForwarders[2].method: must be one of POST, PUT, PATCH\n",
+    )
+    assert await daemon.terminate() == 0
+
+
 @pytest.mark.parametrize("socket_state", ["missing", "refused"])
 async def test_an_unreachable_socket_falls_back_to_tcp_in_one_line(
     tmp_path: Path,

@@ -16,16 +16,18 @@
 
 The proxy URL returned here carries the password: it is a configured secret
 (the masker knows it), and only aiohttp sees the URL.
+
+``urllib.request`` and yarl are imported where they are used: this module is
+loaded with the configuration's models, and ``check-config`` would pay for
+them (with ``http.client`` and the email parser, ~15 ms) without calling
+either. The daemon has them loaded by aiohttp already.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import urllib.request
 from collections.abc import Iterable
 from urllib.parse import urlsplit
-
-from yarl import URL
 
 from forwarder.destinations.webhook.options import WebhookForwarderConfig
 
@@ -37,6 +39,8 @@ def _with_scheme(proxy: str) -> str:
 
 def env_proxy(url: str) -> str | None:
     """The proxy that ``HTTP(S)_PROXY`` / ``NO_PROXY`` name for ``url`` (as they are now)."""
+    import urllib.request  # see the module docstring
+
     host = urlsplit(url).hostname or ""
     if host and urllib.request.proxy_bypass(host):
         return None
@@ -84,6 +88,8 @@ def proxy_url(spec: WebhookForwarderConfig, url: str) -> str | None:
     if proxy.username is None:
         return proxy.url
     password = proxy.password.get_secret_value() if proxy.password is not None else None
+    from yarl import URL  # see the module docstring
+
     # yarl encodes the credentials; aiohttp sends them as Proxy-Authorization: Basic.
     return str(URL(proxy.url).with_user(proxy.username).with_password(password))
 
