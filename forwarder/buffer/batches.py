@@ -375,3 +375,17 @@ def pending_counts(
             total, oldest = counts.get(kind, (0, received_at))
             counts[kind] = (total + count, min(oldest, received_at))
     return counts
+
+
+def up_to_head(events: list[StoredEvent], head: int) -> list[StoredEvent]:
+    """``events`` (in seq order) without those above ``head``; the list itself when none are.
+
+    Readers see a commit as soon as SQLite makes it visible, which is before
+    the writer's ``COMMIT`` call returns (it runs the WAL auto-checkpoint,
+    up to ~200 ms after a large commit) and so before the head moves and the
+    append listeners hear of it. Delivery reads stop at the head, so a worker
+    never resolves events its pending count has not added yet.
+    """
+    if not events or events[-1].seq <= head:
+        return events
+    return events[: bisect.bisect_right(events, head, key=lambda event: event.seq)]

@@ -8,7 +8,14 @@ committed by the daemon's single writer task, so the one-writer, group-commit
 design holds for the whole program.
 The daemon tells this side about each commit (``appended``: the new head
 and per-type counts), which wakes the workers and keeps pending counts exact
-without polling.
+without polling. Reads stop at the head the daemon last reported, although
+the file may already hold more: a commit is visible to readers before the
+daemon's ``COMMIT`` call returns (it runs the WAL auto-checkpoint, up to
+~200 ms after a large commit), and only then is its notice sent. A worker
+that delivered a commit's events before its notice arrived would take them
+off a pending count that had not added them yet (the gauge then stayed
+above 0 for good, by the size of that commit). What this side has been told
+of and what it reads are thereby the same, whatever order the two arrive in.
 
 With encryption at rest this process opens the sealed batches it reads
 with its own keyring, loaded from the same configuration file; what it
@@ -30,7 +37,7 @@ from typing import Any
 
 import aiosqlite
 
-from forwarder.buffer.batches import BatchReader, id_prefix
+from forwarder.buffer.batches import BatchReader, id_prefix, up_to_head
 from forwarder.buffer.encryption import NO_KEYS, Keyring
 from forwarder.buffer.ipc import Channel
 from forwarder.buffer.store import AppendListener, AppendSummary, StoredEvent
@@ -143,8 +150,16 @@ class RemoteBuffer:
             await changed.wait()
 
     async def read_after(self, forwarder: str, after_seq: int, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` events for ``forwarder`` after ``after_seq``, by primary-key range."""
-        return await self._batch_reader.read_after(forwarder, after_seq, limit)
+        """Up to ``limit`` events for ``forwarder`` after ``after_seq``, none above the head.
+
+        The file may hold a commit whose ``appended`` notice is still on its
+        way; its events are left for the read after the notice (see the
+        module docstring and :func:`~forwarder.buffer.batches.up_to_head`).
+        """
+        if after_seq >= self._head:
+            return []  # nothing reported: no query either (a caught-up worker asks often)
+        events = await self._batch_reader.read_after(forwarder, after_seq, limit)
+        return up_to_head(events, self._head)
 
     async def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read-only query on this process's connection."""

@@ -438,8 +438,22 @@ class EventBuffer:
     # -- reads -----------------------------------------------------------------
 
     async def read_after(self, forwarder: str, after_seq: int, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` events for ``forwarder`` with seq above ``after_seq``, in order."""
-        return await self._batch_reader.read_after(forwarder, after_seq, limit)
+        """Up to ``limit`` events for ``forwarder`` with seq above ``after_seq``, in order.
+
+        None above :attr:`head_seq`: the listeners have heard of every event
+        returned (see :func:`~forwarder.buffer.batches.up_to_head`).
+        """
+        if after_seq >= self._next_seq:
+            return []
+        events = await self._batch_reader.read_after(forwarder, after_seq, limit)
+        return batches.up_to_head(events, self._next_seq)
+
+    async def release_memory(self) -> None:
+        """Drop what only speeds reads up: decoded batches, SQLite's page caches (memory.py)."""
+        self._batch_reader.forget()
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                await conn.execute("PRAGMA shrink_memory")
 
     async def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query on the read connection (admin API, startup counts)."""

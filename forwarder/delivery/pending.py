@@ -5,7 +5,13 @@ kept up to date from the buffer's commit summaries (which carry counts by
 event type) and from the worker's own acks. The two must never count an
 event twice or miss one: the listener is registered *before* the count runs
 and the count stops at a fixed head, so a commit is either wholly counted at
-start or wholly new. Events the forwarder's filter refuses never count.
+start or wholly new. Nor may the worker resolve an event before its commit
+is counted (it would take off what was never added, and the count is kept
+at 0 or above): a buffer's ``read_after`` returns only events its listeners
+have been told of, stopping at ``head_seq`` even when SQLite already shows
+more (``batches.up_to_head``), so the order in which a commit's summary and
+a read of its rows arrive cannot skew the count. Events the forwarder's filter
+refuses never count.
 """
 
 from __future__ import annotations

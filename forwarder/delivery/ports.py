@@ -48,6 +48,9 @@ class DeliveryBuffer(Protocol):
         """Up to ``limit`` events for ``forwarder`` after ``after_seq``, in order.
 
         May return fewer while more exist (one read per call); empty means none.
+        Never an event above :attr:`head_seq`, although SQLite may already
+        show more: the listeners have heard of every event returned, which
+        is what keeps pending counts exact (``batches.up_to_head``).
         """
         ...
 
