@@ -7,8 +7,8 @@ and reload; the delivery workers run on its own event loop (``inline``, and
 delivery process it spawns (``separate``: see ``delivery/process.py``). Both
 have the same shape, so nothing else here cares which it is. A sidecar is
 idle most of its life, so once started the daemon freezes what start-up
-built out of the collector's way and gives memory back to the system after
-each burst (``forwarder/memory.py``).
+built out of the collector's way and, after each burst, drops the buffer's
+read caches and gives memory back to the system (``forwarder/memory.py``).
 
 Start order is probes listener → database → delivery → ingest
 listeners, and ``/readyz`` turns 200 only after the last of them is bound.
@@ -108,7 +108,7 @@ class Daemon:
             settings.ingest, settings.shutdown_grace_seconds
         )
         self._probe_listeners = Listeners.for_probes()
-        self.trimmer = MemoryTrimmer()
+        self.trimmer = MemoryTrimmer(release=[self.buffer.release_memory])
         self._stop_requested = asyncio.Event()
         self._failure: str | None = None
         self._started_at = 0.0

@@ -326,6 +326,12 @@ class BatchReader:
         self._evict(keep={batch.first_seq for batch in batches})
         return batches[0] if batches else None
 
+    def forget(self) -> None:
+        """Drop every cached batch: after a burst they only hold memory (forwarder/memory.py)."""
+        self._starts.clear()
+        self._cache.clear()
+        self._cached_bytes = 0
+
     def _evict(self, keep: set[int]) -> None:
         """Drop the oldest batches beyond the bounds, except those just fetched."""
         index = 0

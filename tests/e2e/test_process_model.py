@@ -3,7 +3,8 @@
 Each mode runs the real daemon: it delivers, a SIGKILL loses no acknowledged
 event, a reload applies, and ``process_*`` metrics name exactly the processes
 that exist. With a separate delivery process, its death stops the daemon
-non-zero rather than leave it accepting events nobody delivers.
+non-zero rather than leave it accepting events nobody delivers. The daemon's
+process loads only the libraries its configuration uses (``forwarder/memory.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ from tests.support import (
 
 MakeDaemon = Callable[..., DaemonProcess]
 MODES = ("inline", "separate", "auto")
+# Installed, but not for a daemon without integrity, encryption or NATS forwarders.
+UNUSED_LIBRARIES = {"cryptography", "nats", "rich", "pygments"}
+
+
+def loaded_packages(output: str) -> set[str]:
+    """Packages with a submodule in the interpreter's ``import time:`` lines
+    (PYTHONPROFILEIMPORTTIME). A package's own line does not count: it is also
+    printed for an import that fails, as the daemon makes rich's."""
+    names = (
+        line.rsplit("|", 1)[1].strip()
+        for line in output.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    )
+    return {name.split(".")[0] for name in names if "." in name}
 
 
 def started_line(daemon: DaemonProcess) -> dict[str, object]:
@@ -108,6 +123,25 @@ async def test_auto_runs_delivery_in_the_daemon_process(
     assert started_line(daemon)["delivery_pid"] == daemon.process.pid
     assert children(daemon.process.pid) == []
     assert await daemon.terminate() == 0
+
+
+async def test_a_plain_webhook_daemon_loads_no_cryptography_nats_or_rich(
+    tmp_path: Path, receiver: ScriptedReceiver, daemons: MakeDaemon
+) -> None:
+    """A webhook-only daemon delivers without ever loading cryptography, nats-py or rich."""
+    config = daemon_config(tmp_path, [forwarder_config(f"{receiver.url}in")])
+    daemon = await daemons(config, env={"PYTHONPROFILEIMPORTTIME": "1"}).start()
+    assert daemon.process is not None
+    acknowledged = await post_numbered(daemon.ingest_url, 0, 20)
+    await wait_for(
+        lambda: {e["n"] for e in receiver.events()} == set(acknowledged), message="delivery"
+    )
+    # cryptography's Rust extension is what costs memory: it must not be mapped.
+    assert "cryptography" not in Path(f"/proc/{daemon.process.pid}/maps").read_text()
+    assert await daemon.terminate() == 0
+    loaded = loaded_packages(daemon.output())
+    assert {"aiohttp", "structlog"} <= loaded  # the import lines were read
+    assert loaded.isdisjoint(UNUSED_LIBRARIES), loaded & UNUSED_LIBRARIES
 
 
 @pytest.mark.parametrize("mode", MODES)
