@@ -60,6 +60,9 @@ async def connect_writer(
     # After a checkpoint the WAL file is cut back to this size instead of
     # keeping its peak: audit_forwarder_buffer_bytes counts it.
     await writer.execute("PRAGMA journal_size_limit = 16777216")
+    # Checkpoints run on a connection of their own (forwarder.buffer.checkpoints),
+    # not inside the writer's COMMIT where they would delay acknowledgements.
+    await writer.execute("PRAGMA wal_autocheckpoint = 0")
     return writer
 
 

@@ -56,6 +56,7 @@ import aiosqlite
 from forwarder.buffer import batches
 from forwarder.buffer.batches import BatchReader, EventRecord, StoredEvent
 from forwarder.buffer.check import prepare, unusable_from_sqlite_error
+from forwarder.buffer.checkpoints import Checkpointer
 from forwarder.buffer.cleanup import PURGE_INTERVAL_SECONDS, Cleanup
 from forwarder.buffer.commits import (
     Append,
@@ -126,6 +127,7 @@ class EventBuffer:
         # One daemon per file (lock.py); the daemon takes it before anything else.
         self.lock = BufferLock(path)
         self.file_watch = FileWatch(path)
+        self._checkpointer = Checkpointer(path)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class EventBuffer:
         try:
             self._writer = await connect_writer(self.path, self._synchronous)
             self._reader = await connect_reader(self.path)
+            await self._checkpointer.open()
             await self._load_state()
             await check_keys(self._writer, self.path, self.keyring, self._cursors, forwarder_names)
         except sqlite3.Error as exc:
@@ -177,6 +180,7 @@ class EventBuffer:
             with contextlib.suppress(Exception):
                 await self._writer_task
             self._writer_task = None
+        await self._checkpointer.close()
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
@@ -382,6 +386,7 @@ class EventBuffer:
             raise
         self.file_watch.refuse_appends(group)  # before the appends are acknowledged
         self._apply_group(group, appended)
+        self._checkpointer.after_commit()
         await self._cleanup.vacuum(conn, group.cleanup)
         await self._cleanup.bound_wal(conn)
 
