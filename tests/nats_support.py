@@ -97,31 +97,57 @@ class NatsServer:
         self.kill()
 
 
+# A free port can be taken by another process between our probe and the server's bind.
+BIND_FAILED = "address already in use"
+START_ATTEMPTS = 3
+
+
 async def start_server(workdir: Path, **options: Any) -> NatsServer:
-    """A single JetStream server, healthy."""
-    server = NatsServer(workdir, **options)
-    server.start()
-    await server.wait_healthy()
-    return server
+    """A single JetStream server, healthy (on fresh ports again if one was taken meanwhile)."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        server = NatsServer(workdir, **options)
+        server.start()
+        try:
+            await server.wait_healthy()
+        except AssertionError as exc:
+            server.stop()
+            if BIND_FAILED not in str(exc) or attempt == START_ATTEMPTS:
+                raise
+            continue
+        return server
+    raise AssertionError("unreachable")
 
 
 async def start_cluster(workdir: Path, size: int = 3) -> list[NatsServer]:
-    """A JetStream cluster of ``size`` nodes on loopback, every node healthy."""
-    servers = [NatsServer(workdir, name=f"n{index + 1}") for index in range(size)]
-    routes = ",".join(f"nats://127.0.0.1:{s.cluster_port}" for s in servers)
-    for server in servers:
-        server.extra_args = [
-            "--cluster_name",
-            "audit",
-            "--cluster",
-            f"nats://127.0.0.1:{server.cluster_port}",
-            "--routes",
-            routes,
-        ]
-        server.start()
-    for server in servers:
-        await server.wait_healthy(timeout=40)
-    return servers
+    """A JetStream cluster of ``size`` nodes on loopback, every node healthy.
+
+    If a node cannot start, every node is stopped (none is left running); when a
+    port was taken meanwhile, the whole cluster starts again on fresh ports.
+    """
+    for attempt in range(1, START_ATTEMPTS + 1):
+        servers = [NatsServer(workdir, name=f"n{index + 1}") for index in range(size)]
+        routes = ",".join(f"nats://127.0.0.1:{s.cluster_port}" for s in servers)
+        for server in servers:
+            server.extra_args = [
+                "--cluster_name",
+                "audit",
+                "--cluster",
+                f"nats://127.0.0.1:{server.cluster_port}",
+                "--routes",
+                routes,
+            ]
+            server.start()
+        try:
+            for server in servers:
+                await server.wait_healthy(timeout=40)
+        except BaseException as exc:
+            for server in servers:
+                server.stop()
+            if BIND_FAILED not in str(exc) or attempt == START_ATTEMPTS:
+                raise
+            continue
+        return servers
+    raise AssertionError("unreachable")
 
 
 @asynccontextmanager

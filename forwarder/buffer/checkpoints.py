@@ -43,27 +43,42 @@ class Checkpointer:
         self._wal_path = Path(f"{path}-wal")
         self._conn: aiosqlite.Connection | None = None
         self._task: asyncio.Task[None] | None = None
-        self._checkpointed_at = 0  # WAL size after the last checkpoint started
+        self._written = 0  # bytes appended since the last checkpoint started
+        self._checkpointed_at = 0  # WAL file size when the last checkpoint started
 
     async def open(self) -> None:
         """Open the checkpoint connection (the file exists and is in WAL mode)."""
         self._conn = await aiosqlite.connect(self._path, isolation_level=None)
         await self._conn.execute("PRAGMA cache_size = -256")
 
-    def after_commit(self) -> None:
-        """Start a checkpoint if the WAL has grown enough and none is running."""
+    def after_commit(self, appended_bytes: int) -> None:
+        """Start a checkpoint if the WAL has grown enough and none is running.
+
+        Growth is counted two ways, because neither alone sees all of it: the
+        event bytes committed since the last checkpoint (after a checkpoint
+        SQLite writes the WAL from its start again, so the file's size stops
+        telling), and the file's growth (deletes and history add pages too).
+        """
+        self._written += appended_bytes
         if self._conn is None or (self._task is not None and not self._task.done()):
             return
         try:
             size = os.stat(self._wal_path).st_size
         except OSError:
+            size = 0
+        if size < self._checkpointed_at:  # the WAL was cut
+            self._checkpointed_at = size
+        if self._written < CHECKPOINT_BYTES and size - self._checkpointed_at < CHECKPOINT_BYTES:
             return
-        if size < self._checkpointed_at:  # the WAL was cut or restarted
-            self._checkpointed_at = 0
-        if size - self._checkpointed_at < CHECKPOINT_BYTES:
-            return
+        self._written = 0
         self._checkpointed_at = size
         self._task = asyncio.create_task(self._checkpoint(), name="buffer-checkpoint")
+
+    async def settle(self) -> None:
+        """Return once no checkpoint of ours is running."""
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._task)
 
     async def _checkpoint(self) -> None:
         assert self._conn is not None

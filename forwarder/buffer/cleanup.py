@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +87,10 @@ class Cleanup:
         self._vacuum_wanted = True
         self._free_pages_left = False
         self._truncate_pending = False
+        # Awaited before a TRUNCATE checkpoint: the background checkpoint
+        # (forwarder.buffer.checkpoints) finishes first, or the cut would find
+        # the checkpoint lock taken and give up until the next retry.
+        self.settle: Callable[[], Awaitable[None]] | None = None
 
     def load(self, purged_upto: int, page_size: int) -> None:
         """Start from what the file holds."""
@@ -235,6 +239,8 @@ class Cleanup:
 
     async def _checkpoint_truncate(self, conn: aiosqlite.Connection) -> bool:
         """A TRUNCATE checkpoint; whether a reader (or an error) kept it from finishing."""
+        if self.settle is not None:
+            await self.settle()
         try:
             # Briefly: while it waits for readers, no group commit can start.
             await conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}")

@@ -128,6 +128,7 @@ class EventBuffer:
         self.lock = BufferLock(path)
         self.file_watch = FileWatch(path)
         self._checkpointer = Checkpointer(path)
+        self._cleanup.settle = self._checkpointer.settle
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -386,7 +387,7 @@ class EventBuffer:
             raise
         self.file_watch.refuse_appends(group)  # before the appends are acknowledged
         self._apply_group(group, appended)
-        self._checkpointer.after_commit()
+        self._checkpointer.after_commit(appended)
         await self._cleanup.vacuum(conn, group.cleanup)
         await self._cleanup.bound_wal(conn)
 

@@ -139,8 +139,12 @@ async def test_a_vacuum_ending_below_its_threshold_still_cuts_the_wal(
     await buffer.execute([], acks={"f": buffer.head_seq})
     await wait_for(lambda: buffer.event_count == 0, timeout=30, message="the purge")
     wal = Path(f"{path}-wal")
-    await wait_for(lambda: wal.stat().st_size == 0, timeout=30, message="the WAL cut to zero")
-    assert buffer.size_bytes() < empty + 8 * 1024 * 1024
+    # The WAL may be cut more than once on the way (its bound), so wait for the end state.
+    await wait_for(
+        lambda: wal.stat().st_size == 0 and buffer.size_bytes() < empty + 8 * 1024 * 1024,
+        timeout=30,
+        message="the remainder vacuumed and the WAL cut to zero",
+    )
 
 
 async def test_wal_is_cut_to_zero_once_a_reader_lets_go_of_an_old_snapshot(
