@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the benchmark drives (`make bench`): nginx (the
-# loopback sink), wrk (the single-event load generator) and syslog-ng with its
-# http() destination (the peer the figures are compared to). Does nothing when
+# loopback sink), wrk (the single-event load generator), syslog-ng with its
+# http() destination (the peer the figures are compared to) and nats-server
+# (the JetStream scenario). Does nothing when
 # they are present. Without root or apt-get it only says what is missing: the
 # benchmark still runs, falling back to an aiohttp sink and client, and without
 # the syslog-ng ratios, and says so in its output.
@@ -11,6 +12,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 have nginx || missing+=(nginx)
 have wrk || missing+=(wrk)
 have syslog-ng || missing+=(syslog-ng-core)
+have nats-server || missing+=(nats-server)
 # The http() destination is a separate module package.
 if ! ls /usr/lib/syslog-ng/*/libhttp.so >/dev/null 2>&1 \
   && ! ls /usr/lib/*/syslog-ng/libhttp.so >/dev/null 2>&1 \
