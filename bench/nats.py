@@ -58,7 +58,9 @@ class JetStreamServer:
     async def start(self) -> None:
         """Start it and wait for ``/healthz``; create the file-storage stream."""
         if not Path(NATS_SERVER).exists():
-            raise BenchError("nats-server is not installed (make bench and make test-tools install it)")
+            raise BenchError(
+                "nats-server is not installed (make bench and make test-tools install it)"
+            )
         self.work.mkdir(parents=True, exist_ok=True)
         args = [NATS_SERVER, "-js", "-sd", str(self.work / "js"), "-a", "127.0.0.1"]
         args += ["-p", str(self.port), "-m", str(self.monitor_port)]
