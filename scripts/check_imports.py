@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
         "forwarder.metrics",
         "forwarder.event_loop",
         "forwarder.memory",
+        "forwarder.expansion",
     },
     # Chain records, signatures and the verifier: pure format and cryptography.
     {"forwarder.integrity"},

@@ -11,12 +11,13 @@ Design decisions:
   keys of the file during its deep merge, so the environment source camelizes
   its keys first (``AUDIT_FORWARDER_INGEST__MAX_REQUEST_BYTES`` →
   ``ingest.maxRequestBytes``).
-* Secrets are ``SecretStr``. Reading the file, ``${VAR}`` expansion, the
-  ``*File`` secrets and the checks that need them are in ``loading.py``; the
-  translation of pydantic's errors into YAML paths is in ``problems.py``.
-* Paths here are as written; ``loading.py`` resolves relative ones against
-  the configuration file's directory (the default ``./data/buffer.db``
-  included), which a model cannot know.
+* Secrets are ``SecretStr``. Reading the file and ``${VAR}`` expansion are
+  in ``loading.py``; the ``*File`` secrets and the checks that need them in
+  ``files.py``; the translation of pydantic's errors into YAML paths is in
+  ``problems.py``.
+* Paths here are as written; ``files.py`` resolves relative ones against
+  the configuration file's directory (the default ``./data/buffer.db`` stays
+  relative to the working directory), which a model cannot know.
 * Validators report every problem they find, not the first (see
   :func:`forwarder.destinations.webhook.options.refuse`).
 """
@@ -93,7 +94,7 @@ class EncryptionConfig(_Model):
 
     ``keyFile`` (one key, its id derived from it) or ``keys`` with ``active``
     (rotation: new rows use the active key, the others still open older rows).
-    ``loading.py`` resolves the files and reads the keys once, so a missing or
+    ``files.py`` resolves the files and reads the keys once, so a missing or
     malformed key file fails ``check-config``.
     """
 

@@ -13,7 +13,7 @@ every configuration section: camelCase aliases, unknown keys refused.
 ``integrity`` (:class:`IntegrityConfig`, tamper-evident delivery) is one of
 those shared options: the chain records are assigned by the delivery loop,
 whatever the destination. The key itself is checked when the configuration
-is loaded (``forwarder.config.loading``), where ``signingKeyFile`` is read.
+is loaded (``forwarder.config.files``), where ``signingKeyFile`` is read.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ pydantic and pydantic-settings, about 200 ms of imports, against a start-up
 target of 150 ms (issue 15). So :func:`locate` reads just the ``ingest``
 section with YAML and the standard library, resolving it exactly as
 ``config/loading.py`` does: ``${VAR}`` / ``${VAR:-default}`` / ``$${``
-expansion, ``AUDIT_FORWARDER_INGEST__*`` overrides (not expanded, as
-pydantic-settings does not expand them), relative paths against the file's
-directory, and ``tokenFile`` read and stripped.
+expansion and the document's size limits (both from ``forwarder/expansion.py``,
+the one implementation the two readers share), ``AUDIT_FORWARDER_INGEST__*``
+overrides (not expanded, as pydantic-settings does not expand them), relative
+paths against the file's directory, and ``tokenFile`` read and stripped.
 
 It is an optimisation, never a second opinion: whatever it is not sure to
 read as the full loader would, it declines (returns None) and the command
@@ -36,13 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Re-exported: the limits this reader declines at are the full loader's, by construction.
+from forwarder.expansion import MAX_DEPTH as MAX_DEPTH
+from forwarder.expansion import MAX_VALUES as MAX_VALUES
+from forwarder.expansion import expand, size_problem
+
 if TYPE_CHECKING:
     from forwarder.config.settings import Settings
 
-# The full loader's limits on a document (config/loading.py, MAX_VALUES and
-# MAX_DEPTH), counting each use of an alias; a test keeps the two equal.
-MAX_VALUES = 10_000
-MAX_DEPTH = 32
 # Every top-level key the full loader accepts, by alias and by field name.
 SECTIONS = frozenset(
     {
@@ -72,8 +74,6 @@ INGEST_KEYS = {
 }
 _FIELD_OF_KEY = {**{name: name for name in INGEST_KEYS}, **{k: n for n, k in INGEST_KEYS.items()}}
 ENV_PREFIX = "AUDIT_FORWARDER_INGEST"
-# The same expression as config/loading.py: `$${` first, it is the escape.
-_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _INTEGER = re.compile(r"[0-9]{1,12}")
 _DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?")
 
@@ -155,36 +155,18 @@ def _parse(text: str) -> Any:
 
 def _check_size(document: Any) -> None:
     """Decline a document the full loader refuses for its size; bounded by the limits."""
-    values = 0
-    pending: list[tuple[Any, int]] = [(document, 1)]
-    while pending:
-        value, depth = pending.pop()
-        if not isinstance(value, dict | list):
-            continue
-        values += len(value)
-        if depth > MAX_DEPTH or values > MAX_VALUES:
-            raise _Declined
-        children = value.values() if isinstance(value, dict) else value
-        pending.extend((child, depth + 1) for child in children)
+    if size_problem(document) is not None:
+        raise _Declined
 
 
 def _expand(value: Any) -> Any:
     """``${VAR}`` expansion of one ``ingest`` value, as ``loading.expand_env`` does it."""
     if not isinstance(value, str):
         return value  # lists and mappings are refused by the field checks anyway
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name is None:
-            return "${"
-        found = os.environ.get(name)
-        if found is not None and (found or default is None):
-            return found
-        if default is not None:
-            return default
+    expanded, missing = expand(value)
+    if missing:
         raise _Declined  # the full loader reports the missing variable
-
-    return _VAR.sub(substitute, value)
+    return expanded
 
 
 def _environment_overrides(environ: Mapping[str, str]) -> dict[str, str]:
@@ -268,7 +250,7 @@ def _number(value: Any, high: float) -> float:
 
 
 def _path(value: Any, base_dir: Path) -> str:
-    """A path as loading.py resolves it: relative ones against the file's directory."""
+    """A path as config/files.py resolves it: relative ones against the file's directory."""
     if type(value) is not str or not value or "\x00" in value:
         raise _Declined
     path = Path(value)

@@ -24,7 +24,6 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from forwarder.config import loading
 from forwarder.config.loading import load_config
 from forwarder.config.settings import IngestConfig, Settings
 from forwarder.errors import ConfigError
@@ -305,11 +304,3 @@ def test_the_locator_knows_every_ingest_key_and_section() -> None:
 
     assert fields == locate_module.INGEST_KEYS
     assert sections == locate_module.SECTIONS
-
-
-def test_the_size_limits_are_the_full_loaders() -> None:
-    """The locator refuses at exactly the document size the full loader refuses."""
-    assert (locate_module.MAX_VALUES, locate_module.MAX_DEPTH) == (
-        loading.MAX_VALUES,
-        loading.MAX_DEPTH,
-    )

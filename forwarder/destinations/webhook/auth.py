@@ -35,7 +35,7 @@ Design decisions:
   in ``HTTP(S)_PROXY``. Access tokens are learned when they are fetched.
 * :func:`check_token` returns a message instead of raising, so
   ``check-config`` can list it with the YAML path it knows and we do not. It
-  runs on the resolved token (``tokenFile`` is read by ``config/loading.py``; this
+  runs on the resolved token (``tokenFile`` is read by ``config/files.py``; this
   module does no I/O).
 """
 
