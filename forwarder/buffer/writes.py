@@ -3,9 +3,9 @@
 Split from the store so that the store holds the buffer's lifecycle and its
 in-memory state, and this module holds the SQL of a transaction. Everything
 here runs inside the writer's open ``BEGIN IMMEDIATE`` and only *records* in
-the :class:`Group` what changed (new seqs, cursors, registrations); the store
-applies that to memory after ``COMMIT``, so a rolled-back group leaves no
-trace in memory either.
+the :class:`Group` what changed (new seqs, cursors, registrations); the
+writer task (``forwarder.buffer.writer``) applies that to memory after
+``COMMIT``, so a rolled-back group leaves no trace in memory either.
 
 Encryption at rest happens here too, in the one place every write passes:
 batch bodies are sealed as their rows are built, and the dead-letter and
