@@ -119,7 +119,7 @@ async def test_a_commit_read_before_its_notice_is_counted_once(
         pair.daemon.release(1)
         await wait_for(lambda: pair.remote.head_seq == 5, message="the late notice")
         await wait_for(lambda: delivered_count(receiver) >= 5, message="both commits sent")
-        await wait_for(lambda: worker.status.pending == 0, timeout=2, message="pending back to 0")
+        await wait_for(lambda: worker.status.pending == 0, timeout=10, message="pending back to 0")
         assert worker.oldest_pending_age() == 0
         assert [e["n"] for batch in receiver.events() for e in batch] == [1, 2, 3, 4, 5]
     finally:

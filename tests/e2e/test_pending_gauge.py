@@ -139,13 +139,13 @@ async def test_pending_returns_to_zero_after_delivered_bursts(
     for burst in range(BURSTS):
         await send_burst(daemon.ingest_url, ndjson_bodies(burst * per_burst))
         await wait_for(
-            delivered.reaches((burst + 1) * per_burst), timeout=15, message=f"burst {burst} sent"
+            delivered.reaches((burst + 1) * per_burst), timeout=60, message=f"burst {burst} sent"
         )
 
     async def drained() -> bool:
         return await gauge(daemon, PENDING, "siem") == 0
 
-    await wait_for(drained, timeout=3, message=f"{PENDING} == 0 (it stayed above)")
+    await wait_for(drained, timeout=10, message=f"{PENDING} == 0 (it stayed above)")
     assert await gauge(daemon, OLDEST_AGE, "siem") == 0
     status = await admin_status(daemon, "siem")
     assert status["pending"] == 0
