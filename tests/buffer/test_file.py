@@ -111,7 +111,8 @@ async def test_file_returns_near_its_empty_size_after_a_backlog_drains(
     for _ in range(20):
         await buffer.append([EventRecord(None, "t", body, False) for _ in range(2_000)])
     full = buffer.size_bytes()
-    assert full > 80 * 1024 * 1024
+    # 40,000 events of 2 KB: about 77 MiB in the file, the WAL or both, whenever it was cut.
+    assert full > 70 * 1024 * 1024
     await buffer.execute([], acks={"f": buffer.head_seq})  # everything delivered
 
     await wait_for(lambda: buffer.event_count == 0, timeout=30, message="the purge")
