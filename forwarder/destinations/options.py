@@ -132,8 +132,8 @@ class IntegrityConfig(Model):
 
 
 class DeliveryOptions(Model):
-    """How the delivery loop sends one forwarder's batches: how many at once, in what order,
-    and how fast.
+    """What every destination kind shares: its name, filters and batching, and how the
+    delivery loop sends its batches (retries, how many at once, in what order, how fast).
 
     ``ordering: strict`` (the default) is one request at a time, so batches
     arrive in ingest order; ``relaxed`` allows ``maxInFlight`` requests
@@ -143,6 +143,12 @@ class DeliveryOptions(Model):
     cannot both hold.
     """
 
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    enabled: bool = True
+    events: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    exclude_events: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    batch: BatchConfig = BatchConfig()
+    retry: RetryConfig = RetryConfig()
     max_in_flight: Annotated[int, Field(ge=1, le=MAX_IN_FLIGHT)] | None = None
     ordering: Literal["strict", "relaxed"] = "strict"
     concurrency: Literal["fixed", "adaptive"] = "fixed"

@@ -32,10 +32,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from forwarder.destinations.nats.subjects import subject_problem, template_problem
 from forwarder.destinations.options import (
-    BatchConfig,
     DeliveryOptions,
     Model,
-    RetryConfig,
     refuse,
 )
 
@@ -90,7 +88,6 @@ def server_problem(url: str) -> str | None:
 class NatsForwarderConfig(DeliveryOptions):
     """One ``kind: nats`` entry of ``auditLogForwarders`` (with the shared delivery options)."""
 
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     kind: Literal["nats"]
     servers: list[str] = Field(min_length=1)
     subject: str = "audit.{event_type}"
@@ -105,11 +102,6 @@ class NatsForwarderConfig(DeliveryOptions):
     credentials_file: Path | None = None
     tls: NatsTlsConfig = NatsTlsConfig()
     timeout_seconds: Annotated[float, Field(gt=0, le=600, allow_inf_nan=False)] = 5.0
-    retry: RetryConfig = RetryConfig()
-    enabled: bool = True
-    events: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
-    exclude_events: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
-    batch: BatchConfig = BatchConfig()
 
     @field_validator("servers")
     @classmethod

@@ -45,11 +45,9 @@ from pydantic import (
 )
 
 from forwarder.destinations.options import (
-    BatchConfig,
     DeliveryOptions,
     Model,
     PositiveFloat,
-    RetryConfig,
     refuse,
 )
 from forwarder.destinations.webhook.access import (
@@ -206,18 +204,12 @@ class StatusPolicy(Model):
 class WebhookForwarderConfig(DeliveryOptions):
     """One entry of ``auditLogForwarders`` (with the shared delivery options of its base)."""
 
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     kind: Literal["webhook"]
     uri: str
     token: SecretStr | None = None
     token_file: Path | None = None
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     timeout_seconds: PositiveFloat = 5.0
-    retry: RetryConfig = RetryConfig()
-    enabled: bool = True
-    events: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
-    exclude_events: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
-    batch: BatchConfig = BatchConfig()
     format: Literal["json", "ndjson", "cloudevents", "splunk_hec", "template"] = "json"
     cloudevents: CloudEventsConfig = CloudEventsConfig()
     splunk_hec: SplunkHecConfig = SplunkHecConfig()
